@@ -1,0 +1,65 @@
+"""wove: inline task orchestration, from a thread pool up to a Slurm cluster.
+
+Public names are loaded lazily (PEP 562) so that ``python -m wove.backend_worker``, which runs once per
+remote job, does not pay for the scheduler, the graph planner or asyncio at start-up.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from ._version import __version__
+
+_EXPORTS = {
+    "weave": "wove._weave",
+    "Weave": "wove._weave",
+    "WoveResult": "wove._result",
+    "config": "wove._config",
+    "merge": "wove._merge",
+    "sync_to_async": "wove._merge",
+    "flatten": "wove.helpers",
+    "fold": "wove.helpers",
+    "batch": "wove.helpers",
+    "undict": "wove.helpers",
+    "redict": "wove.helpers",
+    "denone": "wove.helpers",
+    "EnvironmentExecutor": "wove.executors.base",
+    "BackendAdapter": "wove.executors.adapter",
+    "BackendAdapterEnvironmentExecutor": "wove.executors.adapter",
+    "MissingDispatchFeatureError": "wove.errors",
+    "DeliveryTimeoutError": "wove.errors",
+    "DeliveryOrphanedError": "wove.errors",
+    "EnvironmentExecutionError": "wove.errors",
+}
+
+__all__ = ["__version__", *_EXPORTS]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'wove' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+if TYPE_CHECKING:  # static type checkers see the real names
+    from ._config import config
+    from ._merge import merge, sync_to_async
+    from ._result import WoveResult
+    from ._weave import Weave, weave
+    from .errors import (
+        DeliveryOrphanedError,
+        DeliveryTimeoutError,
+        EnvironmentExecutionError,
+        MissingDispatchFeatureError,
+    )
+    from .executors.adapter import BackendAdapter, BackendAdapterEnvironmentExecutor
+    from .executors.base import EnvironmentExecutor
+    from .helpers import batch, denone, flatten, fold, redict, undict

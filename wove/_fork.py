@@ -1,0 +1,77 @@
+"""``fork=True``: run a weave in a separate Python process started from a cloudpickled copy.
+
+The parent returns at once; the child rebuilds the weave (tasks, init values, options, the parent's
+configuration), runs it, and calls ``on_done`` there. Run as ``python -m wove._fork`` reading the blob on
+stdin, so nothing the size of a program rides on a command line.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from typing import Any, Callable, Optional
+
+from ._graph import TaskSpec
+
+
+def _cloudpickle() -> Any:
+    try:
+        import cloudpickle
+    except ImportError:
+        from .errors import MissingDispatchFeatureError
+        raise MissingDispatchFeatureError("weave(fork=True)") from None
+    return cloudpickle
+
+
+def start_forked(tasks: dict[str, TaskSpec], init_data: dict[str, Any], options: dict[str, Any],
+                 on_done: Optional[Callable[..., Any]]) -> subprocess.Popen[bytes]:
+    from . import _config
+
+    cloudpickle = _cloudpickle()
+    child_options = {k: v for k, v in options.items() if k not in ("background", "fork", "on_done")}
+    snapshot = _config.snapshot()
+    blob = cloudpickle.dumps({
+        "tasks": [(spec.name, spec.func, spec.map_source, spec.options) for spec in tasks.values()],
+        "init": init_data,
+        "options": child_options,
+        "on_done": on_done,
+        "config": {"default_environment": snapshot["default_environment"],
+                   "environments": {k: v for k, v in snapshot["environments"].items() if k != "default"},
+                   **snapshot["_explicit"]},
+    })
+    process = subprocess.Popen([sys.executable, "-m", "wove._fork"], stdin=subprocess.PIPE)
+    assert process.stdin is not None
+    process.stdin.write(blob)
+    process.stdin.close()
+    return process
+
+
+def _child_main() -> int:
+    import asyncio
+    import inspect
+
+    from . import _config
+    from ._weave import WeaveContext, _make_spec
+
+    cloudpickle = _cloudpickle()
+    job = cloudpickle.loads(sys.stdin.buffer.read())
+    _config._apply(job["config"], source="forked weave")
+    context = WeaveContext(None, job["options"], job["init"])
+    for name, func, map_source, options in job["tasks"]:
+        context._register(_make_spec(func, map_source, options, name=name))
+    try:
+        with context:
+            pass
+    except BaseException:
+        pass  # recorded on context.result.exception, which on_done receives
+    if job["on_done"] is not None:
+        outcome = job["on_done"](context.result)
+        if inspect.isawaitable(outcome):
+            async def _wait() -> Any:
+                return await outcome
+            asyncio.run(_wait())
+    return 1 if context.result.exception is not None else 0
+
+
+if __name__ == "__main__":
+    sys.exit(_child_main())

@@ -1,0 +1,73 @@
+"""``merge`` and ``sync_to_async``: calling more work from inside a running task."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from typing import Any, Callable, Optional
+
+from ._graph import is_async_callable
+from ._scheduler import Runtime, current_runtime
+
+
+def _require_runtime() -> Runtime:
+    runtime = current_runtime()
+    if runtime is None or runtime.loop is None or runtime.loop.is_closed():
+        raise RuntimeError("merge() can only be called from inside a task of a running weave; "
+                           "outside a weave, call the function directly")
+    return runtime
+
+
+def merge(fn: Callable[..., Any], iterable: Optional[Any] = None, **options: Any) -> Any:
+    """Run ``fn`` (once, or once per item of ``iterable``) with the same options as ``@w.do``.
+
+    From an async task this returns an awaitable; from a sync task it blocks until the value is ready.
+    The call goes through the weave's scheduler, so ``retries``, ``timeout``, ``workers`` and
+    ``environment`` (for example a Slurm environment) apply exactly as they do to tasks.
+    """
+    from ._weave import validate_task_options
+
+    runtime = _require_runtime()
+    validate_task_options(options, mapped=iterable is not None, name=getattr(fn, "__name__", ""))
+    if iterable is not None and (isinstance(iterable, (str, bytes)) or not hasattr(iterable, "__iter__")):
+        raise TypeError(f"merge() maps over an iterable; got {type(iterable).__name__} {iterable!r}")
+    coro = _merge(runtime, fn, iterable, options)
+    try:
+        running = asyncio.get_running_loop()
+    except RuntimeError:
+        running = None
+    if running is runtime.loop:
+        return coro
+    return asyncio.run_coroutine_threadsafe(coro, runtime.loop).result()
+
+
+async def _merge(runtime: Runtime, fn: Callable[..., Any], iterable: Any, options: dict[str, Any]) -> Any:
+    name = getattr(fn, "__name__", "merge")
+    environment = runtime.resolver.environment_name(options.get("environment"))
+    runtime.resolver.check_environment(environment, f"merge({name})")
+    settings = runtime.resolve_settings(options, environment, mapped=iterable is not None)
+    is_async = is_async_callable(fn)
+    resources = options.get("resources")
+    if iterable is None:
+        return await runtime.call(name, fn, is_async, (), {}, settings, environment, resources=resources)
+    return await runtime.call_each(name, fn, is_async, list(iterable), (), {}, None, settings, environment,
+                                   resources)
+
+
+def sync_to_async(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Wrap a blocking function as a coroutine function that runs it in a thread.
+
+    Inside a weave it uses the weave's thread pool (so ``max_workers`` bounds it); elsewhere the loop's
+    default executor.
+    """
+    if is_async_callable(fn):
+        raise TypeError(f"sync_to_async expects a regular function, but {fn!r} is already async")
+
+    @functools.wraps(fn)
+    async def wrapper(*args: Any, **kwargs: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        runtime = current_runtime()
+        pool = runtime.pool() if runtime is not None and runtime.loop is loop else None
+        return await loop.run_in_executor(pool, functools.partial(fn, *args, **kwargs))
+
+    return wrapper

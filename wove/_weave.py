@@ -1,0 +1,347 @@
+"""The ``weave`` context manager, ``@w.do`` and ``Weave`` templates.
+
+The body of a ``with weave()`` block only registers tasks. At block exit the graph is planned and handed
+to the scheduler; if the body raised, nothing runs and that exception propagates untouched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import inspect
+import sys
+import threading
+import time
+from typing import Any, Callable, Optional, TypeVar, Union
+
+from . import _config
+from ._graph import DATA_NAME, MapFrom, Plan, TaskSpec, is_async_callable, parameters, plan
+from ._result import RESERVED_NAMES, WoveResult
+from ._scheduler import Runtime
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+#: Options ``@w.do`` accepts besides the map source.
+TASK_OPTIONS = (*_config.TASK_SETTINGS, "environment", "resources")
+
+_building_template: contextvars.ContextVar[bool] = contextvars.ContextVar("wove_template", default=False)
+
+
+def validate_task_options(options: dict[str, Any], *, mapped: bool, name: str = "") -> dict[str, Any]:
+    """Check ``@w.do`` / ``merge`` options; raise with the valid names or forms."""
+    where = f"task {name!r}: " if name else ""
+    for key, value in options.items():
+        if key not in TASK_OPTIONS:
+            raise TypeError(where + _config.unknown_key_message("task option", key, TASK_OPTIONS))
+        if key == "environment":
+            _config._environment_name(key, value)
+        elif key == "resources":
+            if value is not None and not isinstance(value, dict):
+                raise ValueError(f"{where}resources must be a dict such as {{'mem': '2G', 'time': '10:00'}}, "
+                                 f"got {value!r}")
+        else:
+            _config.validate_setting(key, value)
+    if not mapped:
+        for key in ("workers", "limit_per_minute"):
+            if options.get(key) is not None:
+                raise ValueError(f"{where}{key}={options[key]!r} only applies to mapped tasks "
+                                 "(@w.do(iterable) or @w.do('upstream')); remove it or map the task")
+    return options
+
+
+def _split_do_arguments(args: tuple[Any, ...]) -> tuple[Any, Optional[Callable[..., Any]]]:
+    """Return (map_source, function-if-bare-decorator) from ``do``'s positional arguments."""
+    if len(args) > 1:
+        raise TypeError(f"do() takes at most one positional argument (an iterable, a task name or a "
+                        f"function), got {len(args)}")
+    if not args:
+        return None, None
+    arg = args[0]
+    if isinstance(arg, str):
+        return MapFrom(arg), None
+    if callable(arg) and not hasattr(arg, "__iter__"):
+        return None, arg
+    if hasattr(arg, "__iter__"):
+        return arg, None
+    raise TypeError(f"do() expects an iterable to map over, the name of a task or init value to map "
+                    f"over, or a function; got {type(arg).__name__} {arg!r}")
+
+
+def _make_spec(func: Callable[..., Any], map_source: Any, options: dict[str, Any],
+               name: Optional[str] = None) -> TaskSpec:
+    if not callable(func):
+        raise TypeError(f"a task must be a function, got {type(func).__name__} {func!r}")
+    name = name or getattr(func, "__name__", None)
+    if not name:
+        raise TypeError(f"cannot name task {func!r}: give it a __name__")
+    try:
+        params = parameters(func)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"cannot read the parameters of task {name!r}: {exc}") from exc
+    return TaskSpec(name=name, func=func, options=options, map_source=map_source,
+                    is_async=is_async_callable(func), params=params)
+
+
+class Weave:
+    """Base class for reusable task templates.
+
+    Decorate methods with ``@Weave.do(...)`` (same forms and options as ``@w.do``) and run them with
+    ``with weave(MyTemplate) as w:``. Inline ``@w.do`` tasks of the same name override template tasks.
+    """
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Weave:
+        if not _building_template.get():
+            raise TypeError(f"{cls.__name__} is a Weave template: run it with `with weave({cls.__name__}) "
+                            "as w:` instead of instantiating it")
+        return super().__new__(cls)
+
+    @staticmethod
+    def do(*args: Any, **options: Any) -> Any:
+        map_source, func = _split_do_arguments(args)
+
+        def mark(f: F) -> F:
+            validate_task_options(options, mapped=map_source is not None, name=getattr(f, "__name__", ""))
+            f.__wove_task__ = (map_source, dict(options))  # type: ignore[attr-defined]
+            return f
+
+        if func is not None:
+            if options:
+                raise TypeError("use @Weave.do or @Weave.do(**options), not both at once")
+            return mark(func)
+        return mark
+
+    @classmethod
+    def _template_tasks(cls) -> list[str]:
+        names: dict[str, None] = {}
+        for klass in reversed(cls.__mro__):
+            for name, value in vars(klass).items():
+                if hasattr(value, "__wove_task__"):
+                    names[name] = None
+        return list(names)
+
+
+class WeaveContext:
+    """The ``w`` in ``with weave() as w``: registers tasks, then runs them at block exit."""
+
+    def __init__(self, parent: Optional[type[Weave]], options: dict[str, Any], init_data: dict[str, Any]):
+        for key in init_data:
+            if key == DATA_NAME:
+                raise NameError("'data' is reserved: tasks receive every init value as the dict 'data'. "
+                                "Pick another name for this init value.")
+            if key in RESERVED_NAMES:
+                raise NameError(f"init value {key!r} collides with the result attribute w.result.{key}; "
+                                f"reserved names: {', '.join(sorted(RESERVED_NAMES))}")
+        for key in ("max_workers", "max_pending", "error_mode", "background", "fork", "progress",
+                    *[k for k in _config.TASK_SETTINGS if k.startswith("delivery_")]):
+            if options.get(key) is not None:
+                _config.validate_setting(key, options[key])
+        if options.get("on_done") is not None and not callable(options["on_done"]):
+            raise TypeError(f"on_done must be callable, got {options['on_done']!r}")
+        self._options = options
+        self._init = init_data
+        self._tasks: dict[str, TaskSpec] = {}
+        self._resolver = _config.Resolver(options)  # validates environment names now, not at exit
+        self._debug = bool(options.get("debug"))
+        self._plan: Optional[Plan] = None
+        self.result = WoveResult([], init_data, self._resolver.weave_value("error_mode"))
+        self._thread: Optional[threading.Thread] = None
+        self._process: Any = None
+        if parent is not None:
+            self._add_template(parent)
+
+    @property
+    def execution_plan(self) -> Optional[dict[str, Any]]:
+        """``{"dependencies", "dependents", "tiers", "sorted_tasks"}`` once the weave is planned."""
+        return None if self._plan is None else self._plan.as_dict()
+
+    # ---------------------------------------------------------------- registration
+    def _add_template(self, parent: Any) -> None:
+        if not (isinstance(parent, type) and issubclass(parent, Weave)):
+            raise TypeError(f"weave(parent) expects a Weave subclass, got {parent!r}")
+        token = _building_template.set(True)
+        try:
+            instance = parent()
+        finally:
+            _building_template.reset(token)
+        for name in parent._template_tasks():
+            bound = getattr(instance, name)
+            map_source, options = bound.__wove_task__
+            self._register(_make_spec(bound, map_source, dict(options), name=name))
+
+    def do(self, *args: Any, **options: Any) -> Any:
+        """Register a task: ``@w.do``, ``@w.do(**opts)``, ``@w.do(iterable)``, ``@w.do("upstream")``."""
+        map_source, func = _split_do_arguments(args)
+        if func is not None:
+            if options:
+                raise TypeError("use @w.do or @w.do(**options), not both at once")
+            self._register(_make_spec(func, None, {}), explicit_source=False)
+            return func
+
+        def decorator(f: F) -> F:
+            spec = _make_spec(f, map_source, dict(options))
+            self._register(spec, explicit_source=map_source is not None)
+            return f
+        return decorator
+
+    def _register(self, spec: TaskSpec, explicit_source: bool = True) -> None:
+        name = spec.name
+        if name == DATA_NAME or name in RESERVED_NAMES:
+            raise NameError(f"task name {name!r} is reserved (w.result.{name} is a result attribute); "
+                            f"reserved names: {', '.join(sorted(RESERVED_NAMES | {DATA_NAME}))}")
+        if name in self._init:
+            raise NameError(f"task {name!r} has the same name as an init value; rename one of them")
+        earlier = self._tasks.get(name)
+        if earlier is not None:
+            # A re-registration replaces the task but inherits what it does not set itself.
+            spec.options = {**earlier.options, **spec.options}
+            if not explicit_source and spec.map_source is None:
+                spec.map_source = earlier.map_source
+        if spec.options:
+            validate_task_options(spec.options, mapped=spec.map_source is not None, name=name)
+            env = spec.options.get("environment")
+            if env is not None:
+                self._resolver.check_environment(env, f"task {name!r}")
+        self._tasks.pop(name, None)
+        self._tasks[name] = spec
+
+    # ---------------------------------------------------------------- running
+    def _prepare(self) -> Runtime:
+        started = time.perf_counter()
+        planned = plan(self._tasks, self._init)
+        self._plan = planned
+        result = self.result
+        result._order = list(self._tasks)
+        result.timings["planning"] = time.perf_counter() - started
+        if self._debug:
+            print(debug_report(planned, self._resolver, self._init), file=sys.stdout, flush=True)
+        runtime = Runtime(planned, self._init, self._resolver, result,
+                          max_workers=self._resolver.weave_value("max_workers"),
+                          error_mode=self._resolver.weave_value("error_mode"),
+                          max_pending=self._resolver.weave_value("max_pending"))
+        return runtime
+
+    def _raise_if_failed(self) -> None:
+        if self.result._error_mode == "raise" and self.result.exception is not None:
+            raise self.result.exception
+
+    def __enter__(self) -> WeaveContext:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is not None:
+            return None
+        runtime = self._prepare()
+        if self._start_background(runtime):
+            return None
+        _run_sync(runtime.run())
+        self._raise_if_failed()
+        return None
+
+    async def __aenter__(self) -> WeaveContext:
+        return self
+
+    async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is not None:
+            return None
+        runtime = self._prepare()
+        if self._start_background(runtime):
+            return None
+        await runtime.run()
+        self._raise_if_failed()
+        return None
+
+    # ---------------------------------------------------------------- background / fork
+    def _start_background(self, runtime: Runtime) -> bool:
+        background = self._resolver.weave_value("background")
+        fork = self._resolver.weave_value("fork")
+        if not background and not fork:
+            return False
+        on_done = self._options.get("on_done")
+        if fork:
+            from ._fork import start_forked
+            self._process = start_forked(self._tasks, self._init, self._options, on_done)
+            return True
+
+        def target() -> None:
+            try:
+                asyncio.run(runtime.run())
+            except BaseException:  # recorded on the result; the thread must still call on_done
+                pass
+            if on_done is not None:
+                outcome = on_done(self.result)
+                if inspect.isawaitable(outcome):
+                    asyncio.run(_await(outcome))
+
+        self._thread = threading.Thread(target=target, name="wove-background", daemon=False)
+        self._thread.start()
+        return True
+
+
+async def _await(awaitable: Any) -> Any:
+    return await awaitable
+
+
+def _run_sync(coro: Any) -> Any:
+    """Run ``coro`` to completion from sync code, even when this thread already runs an event loop."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    # Jupyter, or a sync helper called from an async handler: run on a private loop in a helper thread.
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["value"] = asyncio.run(coro)
+        except BaseException as exc:
+            box["error"] = exc
+
+    thread = threading.Thread(target=target, name="wove-sync-weave")
+    thread.start()
+    thread.join()
+    if "error" in box:
+        raise box["error"]
+    return box.get("value")
+
+
+def debug_report(planned: Plan, resolver: _config.Resolver, init_data: dict[str, Any]) -> str:
+    lines = ["--- wove debug report ---", f"init values: {', '.join(init_data) or 'none'}", "tasks:"]
+    for name, spec in planned.tasks.items():
+        env = resolver.environment_name(spec.options.get("environment"))
+        kind = "async" if spec.is_async else "sync"
+        if spec.mapped:
+            source = spec.map_source.name if isinstance(spec.map_source, MapFrom) else "iterable"
+            kind += f", mapped over {source}"
+        lines.append(f"  {name} ({kind}, environment {env!r})")
+        lines.append(f"    depends on: {', '.join(planned.dependencies[name]) or '-'}")
+        lines.append(f"    needed by:  {', '.join(planned.dependents[name]) or '-'}")
+        if spec.options:
+            lines.append(f"    options:    {', '.join(f'{k}={v!r}' for k, v in spec.options.items())}")
+    lines.append("plan (dependency levels; each task starts as soon as its own inputs are ready):")
+    for level, tier in enumerate(planned.tiers):
+        lines.append(f"  level {level}: {', '.join(tier)}")
+    return "\n".join(lines)
+
+
+def weave(parent: Optional[type[Weave]] = None, *, debug: bool = False, environment: Optional[str] = None,
+          max_workers: Optional[int] = None, background: Optional[bool] = None, fork: Optional[bool] = None,
+          on_done: Optional[Callable[[WoveResult], Any]] = None, max_pending: Optional[int] = None,
+          error_mode: Optional[str] = None, delivery_timeout: Optional[float] = None,
+          delivery_idempotency_key: Union[str, Callable[..., str], None] = None,
+          delivery_cancel_mode: Optional[str] = None, delivery_heartbeat_seconds: Optional[float] = None,
+          delivery_max_in_flight: Optional[int] = None, delivery_orphan_policy: Optional[str] = None,
+          progress: Optional[bool] = None, **init_data: Any) -> WeaveContext:
+    """Start a weave: ``with weave() as w:`` or ``async with weave() as w:``.
+
+    Keyword arguments not listed here become init values that tasks take by parameter name.
+    """
+    options = {
+        "debug": debug, "environment": environment, "max_workers": max_workers, "background": background,
+        "fork": fork, "on_done": on_done, "max_pending": max_pending, "error_mode": error_mode,
+        "delivery_timeout": delivery_timeout, "delivery_idempotency_key": delivery_idempotency_key,
+        "delivery_cancel_mode": delivery_cancel_mode, "delivery_heartbeat_seconds": delivery_heartbeat_seconds,
+        "delivery_max_in_flight": delivery_max_in_flight, "delivery_orphan_policy": delivery_orphan_policy,
+        "progress": progress,
+    }
+    return WeaveContext(parent, options, init_data)
+

@@ -1,0 +1,196 @@
+"""Every public exception wove raises.
+
+The tree (each class also derives from the builtin a user would catch for that situation)::
+
+    WoveError
+    +-- UnresolvedSignatureError (NameError)    a parameter names nothing the weave has
+    +-- DependencyCycleError (ValueError)       tasks depend on each other in a circle
+    +-- TaskDefinitionError (TypeError)         a task is declared in a way that cannot run
+    +-- TaskCancelledError (RuntimeError)       reading a task that never finished
+    +-- MissingDispatchFeatureError (ImportError)  `pip install "wove[dispatch]"` is needed
+    +-- DeliveryTimeoutError (TimeoutError)     a remote result or heartbeat did not arrive in time
+    +-- DeliveryOrphanedError (RuntimeError)    remote work left behind when the weave stopped
+    +-- EnvironmentExecutionError (RuntimeError)  a remote task failed and its exception could not be
+        |                                         rebuilt, or the executor itself failed
+        +-- ExecutorStartError                  an environment's executor could not start
+        +-- SlurmError                          anything that went wrong talking to Slurm
+            +-- SlurmCommandError               sbatch/scancel/squeue failed (exit code + stderr)
+            +-- SlurmJobError                   a job ended without reporting an outcome
+                +-- SlurmOutOfMemoryError
+                +-- SlurmTimeLimitError
+                +-- SlurmNodeFailError
+                +-- SlurmCancelledError
+                +-- SlurmPreemptedError
+                +-- SlurmJobFailedError
+                +-- SlurmBootFailError
+                +-- SlurmQueueTimeoutError      pending longer than `queue_timeout`
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+
+class WoveError(Exception):
+    """Base class of every exception defined by wove."""
+
+
+class UnresolvedSignatureError(WoveError, NameError):
+    """A task parameter matches no task, init value or ``data``."""
+
+
+class DependencyCycleError(WoveError, ValueError):
+    """The tasks' parameters form a cycle, so no task on it could ever start."""
+
+    def __init__(self, message: str, cycle: list[str]):
+        super().__init__(message)
+        self.cycle = cycle
+
+
+class TaskDefinitionError(WoveError, TypeError):
+    """A task was declared in a way that can never run (for example a mapped task with no item parameter)."""
+
+
+class TaskCancelledError(WoveError, RuntimeError):
+    """Raised (or returned) when reading a task that was cancelled or never started."""
+
+
+class MissingDispatchFeatureError(WoveError, ImportError):
+    """An optional dispatch feature was used without ``wove[dispatch]`` installed."""
+
+    def __init__(self, feature: str = "this feature"):
+        super().__init__(
+            f'{feature} needs the dispatch extra (cloudpickle): pip install "wove[dispatch]" '
+            "in the submitting environment and in the worker environment"
+        )
+
+
+class DeliveryTimeoutError(WoveError, TimeoutError):
+    """A remote task's outcome (or its heartbeat) did not arrive within the configured window."""
+
+
+class DeliveryOrphanedError(WoveError, RuntimeError):
+    """Remote work was still pending when the weave stopped."""
+
+
+class EnvironmentExecutionError(WoveError, RuntimeError):
+    """A remote run failed and the original exception could not be rebuilt, or the executor failed.
+
+    ``payload`` is the normalized error dict: ``{kind, message, traceback, retryable, source}``.
+    """
+
+    def __init__(self, message: str, payload: Optional[dict[str, Any]] = None):
+        super().__init__(message)
+        self.payload: dict[str, Any] = payload if payload is not None else {
+            "kind": type(self).__name__,
+            "message": message,
+            "traceback": "",
+            "retryable": False,
+            "source": "executor",
+        }
+
+    def __reduce__(self):  # keep the payload when pickled across processes
+        return (type(self), (str(self), self.payload))
+
+
+class ExecutorStartError(EnvironmentExecutionError):
+    """An environment's executor could not start (missing module, bad command, port in use...)."""
+
+
+class SlurmError(EnvironmentExecutionError):
+    """Something went wrong between wove and Slurm."""
+
+
+class SlurmCommandError(SlurmError):
+    """A Slurm command (sbatch, scancel, squeue, sacct, scontrol) failed.
+
+    Carries the command, its exit code and its stderr so the cause (an invalid partition, an unknown
+    account, a controller that is down) is visible without digging through logs.
+    """
+
+    def __init__(self, message: str, command: Optional[list[str]] = None, returncode: Optional[int] = None,
+                 stderr: str = ""):
+        super().__init__(message)
+        self.command = list(command or [])
+        self.returncode = returncode
+        self.stderr = stderr
+
+    def __reduce__(self):
+        return (type(self), (str(self), self.command, self.returncode, self.stderr))
+
+
+class SlurmJobError(SlurmError):
+    """A Slurm job ended without reporting its task's outcome.
+
+    Attributes describe the job as Slurm saw it: ``job_id``, ``array_index``, ``state``, ``exit_code``,
+    ``signal``, ``reason``, ``node``, ``elapsed`` (seconds), ``requested_memory``, ``requested_time``,
+    ``stderr_tail`` (the last lines of the job's stderr log) and ``log_path``.
+    """
+
+    def __init__(self, message: str, *, job_id: str = "", array_index: Optional[int] = None,
+                 state: str = "", exit_code: Optional[int] = None, signal: Optional[int] = None,
+                 reason: str = "", node: str = "", elapsed: Optional[float] = None,
+                 requested_memory: str = "", requested_time: str = "", stderr_tail: str = "",
+                 log_path: str = "", cancelled_by: str = ""):
+        super().__init__(message)
+        self.job_id = job_id
+        self.array_index = array_index
+        self.state = state
+        self.exit_code = exit_code
+        self.signal = signal
+        self.reason = reason
+        self.node = node
+        self.elapsed = elapsed
+        self.requested_memory = requested_memory
+        self.requested_time = requested_time
+        self.stderr_tail = stderr_tail
+        self.log_path = log_path
+        self.cancelled_by = cancelled_by
+
+    def _fields(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in (
+            "job_id", "array_index", "state", "exit_code", "signal", "reason", "node", "elapsed",
+            "requested_memory", "requested_time", "stderr_tail", "log_path", "cancelled_by")}
+
+    def __reduce__(self):
+        return (_rebuild_job_error, (type(self), str(self), self._fields()))
+
+
+def _rebuild_job_error(cls, message, fields):
+    return cls(message, **fields)
+
+
+class SlurmOutOfMemoryError(SlurmJobError):
+    """The job was killed for using more memory than it requested (``OUT_OF_MEMORY``)."""
+
+
+class SlurmTimeLimitError(SlurmJobError):
+    """The job hit its time limit (``TIMEOUT``)."""
+
+
+class SlurmNodeFailError(SlurmJobError):
+    """The node running the job failed or was set down (``NODE_FAIL``)."""
+
+
+class SlurmCancelledError(SlurmJobError):
+    """The job was cancelled by someone or something other than this weave (``CANCELLED``)."""
+
+
+class SlurmPreemptedError(SlurmJobError):
+    """The job was preempted by a higher-priority job (``PREEMPTED``)."""
+
+
+class SlurmJobFailedError(SlurmJobError):
+    """The job's process exited non-zero or was killed by a signal without reporting (``FAILED``)."""
+
+
+class SlurmBootFailError(SlurmJobError):
+    """The node could not be booted for the job (``BOOT_FAIL``)."""
+
+
+class SlurmQueueTimeoutError(SlurmJobError):
+    """The job stayed pending longer than ``executor_config.queue_timeout`` and was cancelled."""
+
+
+__all__ = [name for name, value in list(globals().items())
+           if isinstance(value, type) and issubclass(value, BaseException)]
