@@ -50,7 +50,7 @@ class LocalExecutor(EnvironmentExecutor):
             await self._events.put({"type": "task_cancelled", **base})
             raise
         except Exception as exc:
-            from ..dispatch.errors import normalize_error
+            from ..dispatch.error_payload import normalize_error
             await self._events.put({"type": "task_error", **base, "exception": exc,
                                     "error": normalize_error(exc, source="task")})
         else:

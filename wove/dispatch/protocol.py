@@ -1,0 +1,132 @@
+"""The wire format between a weave and its remote workers: payloads, event signatures, spool references.
+
+This module is imported on every remote job, so it uses only cheap standard-library modules.
+
+Security model: each run gets its own random signing key, carried inside its payload (which reaches the job
+through the environment of the submitting process or a mode-0600 spool file, never a command line). The
+worker signs every event with HMAC-SHA256 over ``wove1 / run id / event type / incarnation / sequence /
+SHA-256 of the body``; the receiver checks the URL token, the run, the signature (in constant time) and the
+sequence before it parses the body, and only then unpickles anything. A leaked callback token alone lets
+someone reach the endpoint but not forge, replay or alter any event.
+"""
+
+from __future__ import annotations
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # keep remote jobs from importing typing at start-up
+    from collections.abc import Sequence
+    from typing import Any, Optional
+
+import base64
+import hashlib
+import hmac
+import json
+import os
+import sys
+
+PAYLOAD_VERSION = 1
+PAYLOAD_ENV = "WOVE_BACKEND_PAYLOAD"
+SPOOL_PREFIX = "spool:"
+SIGNATURE_SCHEME = "wove1"
+
+# HTTP headers carrying the signed envelope of an event.
+H_RUN, H_EVENT, H_SEQ, H_INCARNATION, H_SIGNATURE = (
+    "x-wove-run", "x-wove-event", "x-wove-seq", "x-wove-incarnation", "x-wove-signature")
+
+EVENT_TYPES = ("task_started", "task_result", "task_error", "task_cancelled", "heartbeat")
+OUTCOME_TYPES = ("task_result", "task_error", "task_cancelled")
+
+
+class PayloadError(ValueError):
+    """A payload is missing, truncated, not base64 JSON, or lacks a required field."""
+
+
+def new_key() -> str:
+    return base64.urlsafe_b64encode(os.urandom(32)).decode("ascii")
+
+
+def canonical(run_id: str, event: str, incarnation: int, seq: int, body_digest: str) -> bytes:
+    return f"{SIGNATURE_SCHEME}\n{run_id}\n{event}\n{incarnation}\n{seq}\n{body_digest}".encode()
+
+
+def sign(key: str, run_id: str, event: str, incarnation: int, seq: int, body: bytes) -> str:
+    digest = hashlib.sha256(body).hexdigest()
+    return hmac.new(key.encode(), canonical(run_id, event, incarnation, seq, digest), hashlib.sha256).hexdigest()
+
+
+def verify(key: str, run_id: str, event: str, incarnation: int, seq: int, body: bytes, signature: str) -> bool:
+    """Constant-time check of an event signature (no parsing of ``body`` happens here)."""
+    expected = sign(key, run_id, event, incarnation, seq, body)
+    return hmac.compare_digest(expected.encode(), signature.encode("ascii", "replace"))
+
+
+def version_info() -> dict[str, str]:
+    """Python ``major.minor``, cloudpickle and wove versions of this process (for mismatch reports)."""
+    from .._version import __version__
+
+    try:
+        import cloudpickle
+        cp_version = getattr(cloudpickle, "__version__", "unknown")
+    except ImportError:
+        cp_version = "missing"
+    return {"python": f"{sys.version_info[0]}.{sys.version_info[1]}", "cloudpickle": cp_version,
+            "wove": __version__}
+
+
+def encode_inline(payload: dict[str, Any]) -> str:
+    return base64.b64encode(json.dumps(payload, separators=(",", ":")).encode()).decode("ascii")
+
+
+def decode_inline(text: str) -> dict[str, Any]:
+    """Decode base64 JSON (what goes in the environment) or plain JSON (what spool files hold)."""
+    try:
+        text = text.strip()
+        raw = text if text.startswith("{") else base64.b64decode(text, validate=True)
+        payload = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise PayloadError(
+            f"payload is not base64-encoded JSON ({exc.__class__.__name__}: {exc}); expected the value wove "
+            f"puts in {PAYLOAD_ENV}: base64 JSON, or '{SPOOL_PREFIX}<path>'") from None
+    if not isinstance(payload, dict):
+        raise PayloadError(f"payload must be a JSON object, got {type(payload).__name__}")
+    return payload
+
+
+def read_payload(reference: Optional[str], array_index: Optional[int] = None) -> list[dict[str, Any]]:
+    """Turn the worker's argument (inline base64 JSON or ``spool:<path>``) into payload dicts.
+
+    An array spool holds one payload per item; ``array_index`` picks this job's share.
+    """
+    if reference is None or not reference.strip():
+        raise PayloadError(f"no payload: pass it as the first argument or in {PAYLOAD_ENV} "
+                           f"(base64 JSON, or '{SPOOL_PREFIX}<path>')")
+    reference = reference.strip()
+    if not reference.startswith(SPOOL_PREFIX):
+        payload = decode_inline(reference)
+        _check_fields(payload)
+        return [payload]
+    from . import spool
+
+    path = reference[len(SPOOL_PREFIX):]
+    try:
+        texts = spool.read_payload_texts(path, array_index)
+    except OSError as exc:
+        raise PayloadError(f"cannot read spooled payload {path}: {exc.strerror or exc}; the spool directory "
+                           "must be on a filesystem the job can read (executor_config.spool_dir)") from None
+    payloads = [decode_inline(text) for text in texts]
+    for payload in payloads:
+        _check_fields(payload)
+    return payloads
+
+
+_REQUIRED = ("version", "run_id", "callable_pickle", "args_pickle")
+
+
+def _check_fields(payload: dict[str, Any]) -> None:
+    missing = [key for key in _REQUIRED if key not in payload]
+    if missing:
+        raise PayloadError(f"payload lacks {', '.join(missing)}; it was not made by wove's dispatch "
+                           f"(expected fields: {', '.join(_REQUIRED)}, ...)")
+    if payload["version"] != PAYLOAD_VERSION:
+        raise PayloadError(f"payload version {payload['version']!r} is not supported by this wove "
+                           f"(expects {PAYLOAD_VERSION}); install the same wove version on both sides")

@@ -1,0 +1,441 @@
+"""The remote side of a run: load the payload, run the task, sign and deliver its events.
+
+Runs once per remote job, so start-up cost matters: only cheap standard-library modules are imported up
+front. ``http.client`` alone would add ~30 ms per job here (it pulls in the ``email`` package), so events go
+out through the tiny HTTP/1.1 client below; ``ssl`` is imported only for ``https`` callback URLs, and
+``asyncio`` only for ``async def`` tasks.
+
+Exit codes: 0 the task succeeded, 1 it raised (or could not even start), 2 its outcome could not be
+delivered, 3 the payload was missing or corrupt, 128+N it was stopped by signal N (after reporting).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import pickle
+import signal
+import socket
+import sys
+import threading
+import time
+
+from . import protocol, spool
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Callable, Optional
+
+EXIT_OK, EXIT_TASK_FAILED, EXIT_UNDELIVERED, EXIT_BAD_PAYLOAD = 0, 1, 2, 3
+DEFAULT_POST_SECONDS = 60.0
+_TRAPPED = ("SIGTERM", "SIGUSR1")
+
+
+class WorkerSignal(BaseException):
+    """Raised in the task's thread when the job is told to stop (Slurm sends SIGTERM, or SIGUSR1 early)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+        self.name = signal.Signals(signum).name
+
+
+# ---------------------------------------------------------------------------------------------- HTTP
+class _Connection:
+    """A keep-alive HTTP/1.1 connection that can POST one body and read the status back."""
+
+    def __init__(self, url: str):
+        scheme, _, rest = url.partition("://")
+        if scheme not in ("http", "https") or not rest:
+            raise ValueError(f"callback_url must start with http:// or https://, got {url!r}")
+        hostport, slash, path = rest.partition("/")
+        self.path = slash + path
+        self.tls = scheme == "https"
+        if hostport.startswith("["):
+            host, _, port = hostport[1:].partition("]")
+            port = port.lstrip(":")
+        else:
+            host, _, port = hostport.rpartition(":") if ":" in hostport else (hostport, "", "")
+        self.host = host
+        self.port = int(port) if port else (443 if self.tls else 80)
+        self.hostport = hostport
+        self._sock: Optional[socket.socket] = None
+        self._file: Any = None
+
+    def close(self) -> None:
+        if self._sock is not None:
+            try:
+                self._sock.close()
+            finally:
+                self._sock = self._file = None
+
+    def post(self, headers: dict[str, str], body: bytes, timeout: float) -> int:
+        for reused in (True, False):
+            fresh = self._sock is None
+            if fresh:
+                self._connect(timeout)
+            try:
+                return self._exchange(headers, body, timeout)
+            except OSError:
+                self.close()
+                if fresh or not reused:
+                    raise
+        raise OSError("unreachable")
+
+    def _connect(self, timeout: float) -> None:
+        sock = socket.create_connection((self.host, self.port), timeout=timeout)
+        if self.tls:
+            import ssl
+            sock = ssl.create_default_context().wrap_socket(sock, server_hostname=self.host)
+        self._sock, self._file = sock, sock.makefile("rb")
+
+    def _exchange(self, headers: dict[str, str], body: bytes, timeout: float) -> int:
+        assert self._sock is not None
+        self._sock.settimeout(timeout)
+        head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+        self._sock.sendall(
+            f"POST {self.path} HTTP/1.1\r\nHost: {self.hostport}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n{head}\r\n".encode("latin-1") + body)
+        status_line = self._file.readline(65537)
+        if not status_line:
+            raise ConnectionResetError("callback receiver closed the connection")
+        status = int(status_line.split()[1])
+        length, close = 0, False
+        while True:
+            line = self._file.readline(65537)
+            if line in (b"\r\n", b"\n", b""):
+                break
+            name, _, value = line.decode("latin-1").partition(":")
+            name = name.strip().lower()
+            if name == "content-length":
+                length = int(value.strip())
+            elif name == "connection" and value.strip().lower() == "close":
+                close = True
+        if length:
+            self._file.read(length)
+        if close:
+            self.close()
+        return status
+
+
+# ---------------------------------------------------------------------------------------------- events
+class EventSender:
+    """Signs and delivers one run's events, in order, over HTTP or as files on a shared filesystem."""
+
+    def __init__(self, payload: dict[str, Any], connection: Optional[_Connection] = None,
+                 lock: Optional[threading.Lock] = None):
+        self.payload = payload
+        self.run_id = payload["run_id"]
+        self.task_id = payload.get("task_id")
+        self.key = (payload.get("signing") or {}).get("key", "")
+        self.incarnation = int(os.environ.get("SLURM_RESTART_COUNT") or 0)
+        self.seq = 0
+        self.channel = payload.get("result_channel") or "http"
+        self.max_body = int(payload.get("max_body") or 0)
+        self.post_seconds = float((payload.get("delivery") or {}).get("post_timeout") or DEFAULT_POST_SECONDS)
+        self._lock = lock or threading.Lock()
+        self._connection = connection
+        self.undelivered: Optional[str] = None
+
+    def _conn(self) -> _Connection:
+        if self._connection is None:
+            self._connection = _Connection(self.payload["callback_url"])
+        return self._connection
+
+    def send(self, event: str, fields: Optional[dict[str, Any]] = None) -> bool:
+        """Deliver one event; retry with backoff for up to ``post_seconds``. False if it never arrived."""
+        fields = dict(fields or {})
+        with self._lock:
+            self.seq += 1
+            frame = {"type": event, "run_id": self.run_id, "task_id": self.task_id, **fields}
+            body = json.dumps(frame, separators=(",", ":")).encode()
+            if (event == "task_result" and self.channel == "http" and self.max_body
+                    and len(body) > self.max_body):
+                body = self._spool_result(frame)
+            if self.channel == "filesystem":
+                return self._write_event_file(event, body)
+            return self._post(event, body, frame)
+
+    def _headers(self, event: str, body: bytes) -> dict[str, str]:
+        signature = protocol.sign(self.key, self.run_id, event, self.incarnation, self.seq, body)
+        return {protocol.H_RUN: self.run_id, protocol.H_EVENT: event, protocol.H_SEQ: str(self.seq),
+                protocol.H_INCARNATION: str(self.incarnation), protocol.H_SIGNATURE: signature}
+
+    def _post(self, event: str, body: bytes, frame: dict[str, Any]) -> bool:
+        deadline = time.monotonic() + self.post_seconds
+        delay, last_error = 0.1, ""
+        while True:
+            try:
+                status = self._conn().post(self._headers(event, body), body, timeout=30.0)
+            except (OSError, ValueError) as exc:
+                status, last_error = 0, f"{type(exc).__name__}: {exc}"
+            if status in (200, 409):        # 409: an earlier attempt of this very event already arrived
+                return True
+            if status == 413 and "result_pickle" in frame:
+                body = self._spool_result(frame)
+                self.seq += 1
+                continue
+            if status in (401, 403, 404, 400):
+                self.undelivered = f"callback receiver rejected {event} with HTTP {status}"
+                return False
+            if status:
+                last_error = f"HTTP {status}"
+            if time.monotonic() + delay > deadline:
+                self.undelivered = (f"could not deliver {event} to {self.payload.get('callback_url')} within "
+                                    f"{self.post_seconds:.0f}s: {last_error}")
+                return False
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+    def _spool_result(self, frame: dict[str, Any]) -> bytes:
+        spool_dir = self.payload.get("spool_dir")
+        data = base64.b64decode(frame.pop("result_pickle"))
+        if not spool_dir:
+            raise RuntimeError("the result is larger than the callback body limit and no spool_dir is set")
+        path = spool.write_atomic(spool.result_path(spool_dir, self.run_id, self.incarnation), data)
+        frame["result_ref"] = {"path": path, "sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+        return json.dumps(frame, separators=(",", ":")).encode()
+
+    def _write_event_file(self, event: str, body: bytes) -> bool:
+        events_dir = self.payload.get("events_dir") or ""
+        envelope = {"run": self.run_id, "event": event, "incarnation": self.incarnation, "seq": self.seq,
+                    "signature": protocol.sign(self.key, self.run_id, event, self.incarnation, self.seq, body)}
+        name = f"{self.run_id}.{self.incarnation}.{self.seq:06d}.{event}.event"
+        try:
+            spool.write_atomic(os.path.join(events_dir, name), json.dumps(envelope).encode() + b"\n" + body)
+        except OSError as exc:
+            self.undelivered = f"could not write event file in {events_dir}: {exc}"
+            return False
+        return True
+
+
+# ---------------------------------------------------------------------------------------------- running
+def _dumps(value: Any) -> bytes:
+    try:
+        return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception:
+        import cloudpickle  # lambdas, local classes, objects defined in __main__
+        return cloudpickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _error_fields(exc: BaseException, source: str = "task", message: Optional[str] = None) -> dict[str, Any]:
+    import traceback
+
+    kind = type(exc)
+    error = {
+        "kind": kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}",
+        "message": message or str(exc),
+        "traceback": "".join(traceback.format_exception(kind, exc, exc.__traceback__)),
+        "retryable": False,
+        "source": source,
+    }
+    fields: dict[str, Any] = {"error": error}
+    try:
+        fields["exception_pickle"] = _b64(_dumps(exc))
+    except Exception:  # unpicklable exception: the error dict still describes it
+        pass
+    return fields
+
+
+def _cloudpickle_version() -> str:
+    """The installed cloudpickle's version, read without importing it (that costs ~25 ms per job)."""
+    module = sys.modules.get("cloudpickle")
+    if module is not None:
+        return getattr(module, "__version__", "unknown")
+    import importlib.util
+
+    found = importlib.util.find_spec("cloudpickle")
+    if found is None or not found.origin:
+        return "missing"
+    try:
+        with open(found.origin, encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith("__version__"):
+                    return line.split("=", 1)[1].strip().strip("'\"")
+    except OSError:
+        pass
+    import cloudpickle
+    return getattr(cloudpickle, "__version__", "unknown")
+
+
+def version_mismatch(payload: dict[str, Any]) -> Optional[str]:
+    """A one-line explanation when this job cannot safely unpickle what the submitter pickled."""
+    want_py, want_cp = payload.get("python"), payload.get("cloudpickle")
+    have_py = f"{sys.version_info[0]}.{sys.version_info[1]}"
+    have_cp = _cloudpickle_version()
+    if (want_py and want_py != have_py) or (want_cp and want_cp != have_cp):
+        return (f"job runs Python {have_py} / cloudpickle {have_cp}; submitter has {want_py} / {want_cp}: "
+                f"install matching versions in the job environment "
+                f"(pip install \"cloudpickle=={want_cp}\" with Python {want_py})")
+    return None
+
+
+def _context() -> dict[str, Any]:
+    env = os.environ
+    info = {"host": socket.gethostname(), "pid": os.getpid()}
+    for key, name in (("job_id", "SLURM_JOB_ID"), ("array_job_id", "SLURM_ARRAY_JOB_ID"),
+                      ("array_task_id", "SLURM_ARRAY_TASK_ID"), ("node", "SLURMD_NODENAME")):
+        if env.get(name):
+            info[key] = env[name]
+    return info
+
+
+class _Heartbeat(threading.Thread):
+    def __init__(self, sender: EventSender, interval: float):
+        super().__init__(name="wove-heartbeat", daemon=True)
+        self.sender, self.interval, self.stopped = sender, interval, threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.wait(self.interval):
+            self.sender.send("heartbeat")
+
+
+def execute(payload: dict[str, Any], *, sender: Optional[EventSender] = None,
+            before_outcome: Optional[Callable[[], None]] = None) -> int:
+    """Run one payload and deliver its events. ``WorkerSignal`` propagates (the caller reports it)."""
+    sender = sender or EventSender(payload)
+    mismatch = version_mismatch(payload)
+    if mismatch is not None:
+        error = {"kind": "VersionMismatch", "message": mismatch, "traceback": "", "retryable": False,
+                 "source": "config"}
+        return EXIT_TASK_FAILED if sender.send("task_error", {"error": error}) else EXIT_UNDELIVERED
+    if not sender.send("task_started", _context()):
+        return EXIT_UNDELIVERED
+    heartbeat = None
+    interval = (payload.get("delivery") or {}).get("heartbeat_seconds")
+    if interval:
+        heartbeat = _Heartbeat(sender, float(interval))
+        heartbeat.start()
+    try:
+        try:
+            func = pickle.loads(base64.b64decode(payload["callable_pickle"]))
+            args, kwargs = pickle.loads(base64.b64decode(payload["args_pickle"]))
+        except Exception as exc:
+            fields = _error_fields(exc, source="config", message=(
+                f"could not load task {payload.get('task_name')!r} in the job: {type(exc).__name__}: {exc}. "
+                "Install your code and its dependencies in the job environment."))
+            return EXIT_TASK_FAILED if sender.send("task_error", fields) else EXIT_UNDELIVERED
+        try:
+            value = func(*args, **kwargs)
+            if hasattr(value, "__await__"):
+                import asyncio
+
+                async def _await() -> Any:
+                    return await value
+                value = asyncio.run(_await())
+        except Exception as exc:
+            outcome, fields, code = "task_error", _error_fields(exc), EXIT_TASK_FAILED
+        else:
+            try:
+                outcome, fields, code = "task_result", {"result_pickle": _b64(_dumps(value))}, EXIT_OK
+            except Exception as exc:
+                outcome, code = "task_error", EXIT_TASK_FAILED
+                fields = _error_fields(exc, message=f"the task's result could not be pickled: "
+                                                    f"{type(exc).__name__}: {exc}")
+    finally:
+        if heartbeat is not None:
+            heartbeat.stopped.set()
+    if before_outcome is not None:
+        before_outcome()
+    return code if sender.send(outcome, fields) else EXIT_UNDELIVERED
+
+
+def _raise_signal(signum: int, frame: Any) -> None:
+    raise WorkerSignal(signum)
+
+
+def _trap_signals(handler: Any) -> dict[int, Any]:
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        for name in _TRAPPED:
+            signum = getattr(signal, name, None)
+            if signum is not None:
+                previous[signum] = signal.signal(signum, handler)
+    return previous
+
+
+def _restore(previous: dict[int, Any]) -> None:
+    for signum, handler in previous.items():
+        signal.signal(signum, handler)
+
+
+def _ignore_signals() -> None:
+    if threading.current_thread() is threading.main_thread():
+        for name in _TRAPPED:
+            signum = getattr(signal, name, None)
+            if signum is not None:
+                signal.signal(signum, signal.SIG_IGN)
+
+
+def run_payloads(payloads: list[dict[str, Any]], *, max_parallel: int = 1, trap_signals: bool = True) -> int:
+    """Run this job's payloads (one, or a packed share of an array) and report each one's events.
+
+    With ``trap_signals`` (the dedicated worker process), SIGTERM/SIGUSR1 make every unfinished item
+    report ``task_cancelled`` with the signal name, then the process exits with 128+N.
+    """
+    connection_lock = threading.Lock()
+    shared: Optional[_Connection] = None
+    urls = {p.get("callback_url") for p in payloads}
+    if len(urls) == 1 and all(p.get("result_channel", "http") == "http" for p in payloads):
+        shared = _Connection(payloads[0]["callback_url"])
+    senders = [EventSender(p, shared, connection_lock) for p in payloads]
+    done: set[int] = set()
+    codes: list[int] = [EXIT_OK] * len(payloads)
+    previous = _trap_signals(_raise_signal) if trap_signals else {}
+    single = len(payloads) == 1 or max_parallel <= 1
+    # A single in-thread task must not be interrupted while its outcome is being delivered.
+    before_outcome = _ignore_signals if previous and single else None
+    try:
+        if single:
+            for index, payload in enumerate(payloads):
+                codes[index] = execute(payload, sender=senders[index], before_outcome=before_outcome)
+                done.add(index)
+                if before_outcome is not None and index + 1 < len(payloads):
+                    _trap_signals(_raise_signal)
+        else:
+            from concurrent.futures import ThreadPoolExecutor, wait
+
+            pool = ThreadPoolExecutor(max_parallel, thread_name_prefix="wove-item")
+            futures = {pool.submit(execute, p, sender=s): i for i, (p, s) in enumerate(zip(payloads, senders))}
+            pending = set(futures)
+            while pending:
+                finished, pending = wait(pending, timeout=0.5)
+                for future in finished:
+                    index = futures[future]
+                    codes[index] = future.result()
+                    done.add(index)
+            pool.shutdown()
+    except WorkerSignal as stop:
+        _ignore_signals()   # finish reporting, then go
+        for index, sender in enumerate(senders):
+            if index not in done:
+                sender.send("task_cancelled", {"signal": stop.name, **_context()})
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(128 + stop.signum)   # item threads cannot be interrupted; do not wait for them
+    finally:
+        _restore(previous)
+        if shared is not None:
+            shared.close()
+    for sender in senders:
+        if sender.undelivered:
+            print(f"wove.backend_worker: {sender.undelivered}", file=sys.stderr)
+    return max(codes) if codes else EXIT_OK
+
+
+def main(argv: list[str]) -> int:
+    reference = argv[1] if len(argv) > 1 else os.environ.get(protocol.PAYLOAD_ENV)
+    index_text = os.environ.get("WOVE_ARRAY_INDEX") or os.environ.get("SLURM_ARRAY_TASK_ID")
+    try:
+        payloads = protocol.read_payload(reference, int(index_text) if index_text else None)
+    except (protocol.PayloadError, ValueError) as exc:
+        print(f"wove.backend_worker: {exc}", file=sys.stderr)
+        return EXIT_BAD_PAYLOAD
+    cpus = int(os.environ.get("SLURM_CPUS_PER_TASK") or 0) or len(payloads)
+    return run_payloads(payloads, max_parallel=min(cpus, len(payloads)))

@@ -1,0 +1,410 @@
+"""Backend adapters: plug a job system (Slurm, a queue, a cloud batch service...) into wove.
+
+An adapter only knows how to *submit* a payload and *cancel* a submission. Everything else (building and
+signing payloads, spooling large ones, the authenticated callback receiver or the filesystem result channel,
+matching events to runs, cleanup) is done once, here, by ``BackendAdapterEnvironmentExecutor``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import importlib.util
+import inspect
+import logging
+import os
+import shutil
+import uuid
+from collections.abc import Mapping
+from typing import Any, Optional
+
+from ..dispatch import protocol, spool
+from ..dispatch.events import OK, EventGate
+from ..errors import ExecutorStartError, MissingDispatchFeatureError
+from .base import EnvironmentExecutor
+
+log = logging.getLogger("wove.dispatch")
+
+DEFAULT_SPOOL_THRESHOLD = 64 * 1024
+#: ``executor_config`` keys every adapter environment understands.
+DISPATCH_KEYS = frozenset({
+    "callback_host", "callback_port", "callback_token", "callback_url", "callback_max_body",
+    "spool_dir", "spool_threshold", "result_channel", "post_timeout",
+})
+RESULT_CHANNELS = ("http", "filesystem")
+
+
+def default_spool_root() -> str:
+    """``$WOVE_SPOOL_DIR``, else ``~/.cache/wove/spool`` (home directories are shared on most clusters)."""
+    return os.environ.get("WOVE_SPOOL_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "wove", "spool")
+
+
+def cloudpickle_module() -> Any:
+    try:
+        import cloudpickle
+    except ImportError:
+        raise MissingDispatchFeatureError("sending tasks to another process") from None
+    return cloudpickle
+
+
+class BackendAdapter:
+    """Base class for adapters. Subclasses implement ``submit`` and usually ``cancel``.
+
+    ``submit(payload, frame)`` receives the payload dict (what ``python -m wove.backend_worker`` runs) and
+    the ``run_task`` frame, and returns a *submission* handle (a job id, an object...) that ``cancel``
+    gets back. Both may be sync or async. ``encode_payload(payload)`` gives the string to hand the worker
+    (inline base64 JSON, or a spool reference for large payloads); ``emit(frame)`` reports an event the
+    adapter observed itself (for example a job that died without reporting).
+    """
+
+    #: Modules the adapter needs at runtime; checked when the environment starts.
+    required_modules: tuple[str, ...] = ()
+    #: What to tell the user when a required module is missing.
+    install_hint: str = ""
+    #: Adapter-specific ``executor_config`` keys (besides the dispatch keys); ``None`` accepts any.
+    config_keys: Optional[frozenset[str]] = None
+
+    def __init__(self, *, name: str, config: Mapping[str, Any], callback_url: str,
+                 run_config: Mapping[str, Any]):
+        self.name = name
+        self.config = config
+        self.callback_url = callback_url
+        self.run_config = run_config
+        self._executor: Optional[BackendAdapterEnvironmentExecutor] = None
+
+    async def start(self) -> None:
+        """Prepare (check credentials, find commands...). Failing here fails the environment cleanly."""
+
+    async def submit(self, payload: dict[str, Any], frame: dict[str, Any]) -> Any:
+        raise NotImplementedError(f"{type(self).__name__} must implement submit(payload, frame)")
+
+    async def cancel(self, run_id: str, submission: Any, frame: dict[str, Any]) -> None:
+        """Stop a submitted run; called with whatever ``submit`` returned."""
+
+    async def close(self) -> None:
+        """Release what ``start`` acquired."""
+
+    # ---------------------------------------------------------------- services for subclasses
+    @property
+    def spool_dir(self) -> str:
+        assert self._executor is not None, "adapter is not attached to an executor"
+        return self._executor.spool_dir
+
+    def encode_payload(self, payload: dict[str, Any]) -> str:
+        """The worker's argument for ``payload``: inline, or ``spool:<path>`` above the spool threshold."""
+        assert self._executor is not None, "adapter is not attached to an executor"
+        return self._executor.encode_payload(payload)
+
+    def emit(self, frame: dict[str, Any]) -> None:
+        """Deliver an event frame to the weave as if the worker had sent it."""
+        assert self._executor is not None, "adapter is not attached to an executor"
+        self._executor.deliver(frame)
+
+    def on_event(self, frame: dict[str, Any]) -> Optional[dict[str, Any]]:
+        """Inspect (or hold back, by returning ``None``) each verified event from workers."""
+        return frame
+
+
+class BackendAdapterEnvironmentExecutor(EnvironmentExecutor):
+    """An executor that runs each task through a ``BackendAdapter`` and collects signed events."""
+
+    config_keys = None  # validated in validate_config from DISPATCH_KEYS + the adapter's keys
+
+    def __init__(self, name: str = "backend", adapter_class: Optional[type[BackendAdapter]] = None, *,
+                 adapter_options: Optional[Mapping[str, Any]] = None):
+        if adapter_class is None or not (isinstance(adapter_class, type)
+                                         and issubclass(adapter_class, BackendAdapter)):
+            raise TypeError(f"adapter_class must be a BackendAdapter subclass, got {adapter_class!r}")
+        self.adapter_name = name
+        self.adapter_class = adapter_class
+        self.adapter_options = dict(adapter_options or {})
+        self.adapter: Optional[BackendAdapter] = None
+        self.spool_dir = ""
+        self.callback_url = ""
+        self._queue: Optional[asyncio.Queue[dict[str, Any]]] = None
+        self._gate: Optional[EventGate] = None
+        self._receiver: Any = None
+        self._poller: Optional[asyncio.Task[None]] = None
+        self._runs: dict[str, dict[str, Any]] = {}
+        self._config: dict[str, Any] = {}
+
+    # ---------------------------------------------------------------- configuration
+    def validate_config(self, config: dict[str, Any], *, environment: str) -> dict[str, Any]:  # type: ignore[override]
+        return validate_dispatch_config(config, environment=environment, adapter_class=self.adapter_class,
+                                        label=self.adapter_name)
+
+    # ---------------------------------------------------------------- lifecycle
+    async def start(self, *, environment_name: str, environment_config: Mapping[str, Any],
+                    run_config: Mapping[str, Any]) -> None:
+        cloudpickle_module()
+        missing = [m for m in self.adapter_class.required_modules if importlib.util.find_spec(m) is None]
+        if missing:
+            raise ExecutorStartError(
+                f"environment {environment_name!r}: the {self.adapter_name} adapter needs "
+                f"{', '.join(missing)}, which is not installed. {self.adapter_class.install_hint}".rstrip())
+        config = dict(environment_config.get("executor_config") or {})
+        self._config = config
+        self._queue = asyncio.Queue()
+        root = config.get("spool_dir") or default_spool_root()
+        spool.ensure_dir(root)
+        self.spool_dir = spool.ensure_dir(os.path.join(root, f"{environment_name}-{uuid.uuid4().hex[:12]}"))
+        self._gate = EventGate(self.spool_dir)
+        try:
+            if config.get("result_channel", "http") == "filesystem":
+                self.events_dir = spool.ensure_dir(os.path.join(self.spool_dir, "events"))
+                self.callback_url = ""
+                self._poller = asyncio.get_running_loop().create_task(self._poll_event_files())
+            else:
+                await self._start_receiver(environment_name, config)
+            self.adapter = self.adapter_class(name=environment_name, config=config,
+                                              callback_url=self.callback_url, run_config=run_config,
+                                              **self.adapter_options)
+            self.adapter._executor = self
+            await self.adapter.start()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _start_receiver(self, environment_name: str, config: Mapping[str, Any]) -> None:
+        from ..dispatch.receiver import DEFAULT_MAX_BODY, CallbackReceiver
+
+        token = config.get("callback_token") or _token_from_url(config.get("callback_url")) \
+            or base64.urlsafe_b64encode(os.urandom(24)).decode().rstrip("=")
+        self._receiver = CallbackReceiver(
+            self._gate, self._on_verified, token=token,
+            host=config.get("callback_host") or self.default_callback_host(),
+            port=int(config.get("callback_port") or 0),
+            max_body=int(config.get("callback_max_body") or DEFAULT_MAX_BODY))
+        await self._receiver.start()
+        self.callback_url = config.get("callback_url") or self._receiver.url(
+            self.advertise_host(self._receiver.host))
+
+    def default_callback_host(self) -> str:
+        """Where the receiver binds when ``callback_host`` is not set."""
+        return "127.0.0.1"
+
+    def advertise_host(self, bind_host: str) -> str:
+        """The host name workers are told to call back, when ``callback_url`` is not set."""
+        return bind_host
+
+    async def stop(self) -> None:
+        if self._poller is not None:
+            self._poller.cancel()
+            await asyncio.gather(self._poller, return_exceptions=True)
+            self._poller = None
+        adapter, self.adapter = self.adapter, None
+        try:
+            if adapter is not None:
+                await adapter.close()
+        finally:
+            if self._receiver is not None:
+                await self._receiver.stop()
+                self._receiver = None
+            if self.spool_dir:
+                shutil.rmtree(self.spool_dir, ignore_errors=True)
+            self._runs.clear()
+
+    # ---------------------------------------------------------------- frames
+    async def send(self, frame: dict[str, Any]) -> None:
+        assert self.adapter is not None and self._gate is not None, "executor used before start()"
+        kind = frame.get("type")
+        if kind == "run_task":
+            payload = self.build_payload(frame)
+            self._gate.register(payload["run_id"], payload["signing"]["key"])
+            self._runs[frame["run_id"]] = {"submission": None, "frame": frame}
+            try:
+                submission = self.adapter.submit(payload, frame)
+                if inspect.isawaitable(submission):
+                    submission = await submission
+            except BaseException:
+                self._forget(frame["run_id"])
+                raise
+            info = self._runs.get(frame["run_id"])
+            if info is not None:
+                info["submission"] = submission
+            record = frame.get("record")
+            if record is not None:
+                record.submission = submission
+                if isinstance(submission, (str, int)) and not record.job_id:
+                    record.job_id = str(submission)
+        elif kind == "cancel_task":
+            info = self._runs.get(frame["run_id"])
+            if info is None:
+                return
+            try:
+                outcome = self.adapter.cancel(frame["run_id"], info["submission"], frame)
+                if inspect.isawaitable(outcome):
+                    await outcome
+            finally:
+                self._forget(frame["run_id"])
+        elif kind == "shutdown":
+            await self.stop()
+
+    async def recv(self) -> dict[str, Any]:
+        assert self._queue is not None, "executor used before start()"
+        frame = await self._queue.get()
+        if frame.get("type") in protocol.OUTCOME_TYPES:
+            self._forget(frame.get("run_id", ""), keep_gate=True)
+        return frame
+
+    def deliver(self, frame: dict[str, Any]) -> None:
+        if self._queue is not None:
+            self._queue.put_nowait(frame)
+
+    def _on_verified(self, frame: dict[str, Any]) -> None:
+        adapter = self.adapter
+        passed = adapter.on_event(frame) if adapter is not None else frame
+        if passed is not None:
+            self.deliver(passed)
+
+    def _forget(self, run_id: str, keep_gate: bool = False) -> None:
+        self._runs.pop(run_id, None)
+        if self._gate is not None:
+            if keep_gate:
+                self._gate.finish(run_id)
+            else:
+                self._gate.forget(run_id)
+        if self.spool_dir:
+            spool.remove(spool.payload_path(self.spool_dir, run_id))
+
+    # ---------------------------------------------------------------- payloads
+    def build_payload(self, frame: dict[str, Any]) -> dict[str, Any]:
+        """The documented payload for a ``run_task`` frame, plus our signing and version fields."""
+        cloudpickle = cloudpickle_module()
+        versions = protocol.version_info()
+        config = self._config
+        delivery = dict(frame.get("delivery") or {})
+        if config.get("post_timeout"):
+            delivery["post_timeout"] = config["post_timeout"]
+        payload = {
+            "version": protocol.PAYLOAD_VERSION,
+            "adapter": self.adapter_name,
+            "callback_url": self.callback_url,
+            "run_id": frame["run_id"],
+            "task_id": frame.get("task_id"),
+            "task_name": frame.get("task_name"),
+            "callable_pickle": base64.b64encode(cloudpickle.dumps(frame["callable"])).decode("ascii"),
+            "args_pickle": base64.b64encode(cloudpickle.dumps(tuple(frame.get("args") or ((), {})))).decode(),
+            "delivery": delivery,
+            "signing": {"alg": "hmac-sha256", "key": protocol.new_key()},
+            **versions,
+            "max_body": self._receiver.max_body if self._receiver is not None else 0,
+            "spool_dir": self.spool_dir,
+            "result_channel": config.get("result_channel", "http"),
+        }
+        if payload["result_channel"] == "filesystem":
+            payload["events_dir"] = self.events_dir
+        return payload
+
+    def encode_payload(self, payload: dict[str, Any]) -> str:
+        threshold = int(self._config.get("spool_threshold") or DEFAULT_SPOOL_THRESHOLD)
+        return encode_payload(payload, self.spool_dir, threshold)
+
+    # ---------------------------------------------------------------- filesystem result channel
+    async def _poll_event_files(self, interval: float = 0.1) -> None:
+        while True:
+            try:
+                names = sorted(os.listdir(self.events_dir))
+            except FileNotFoundError:
+                names = []
+            for name in names:
+                if name.endswith(".event") and not name.startswith("."):
+                    self._read_event_file(os.path.join(self.events_dir, name))
+            await asyncio.sleep(interval)
+
+    def _read_event_file(self, path: str) -> None:
+        assert self._gate is not None
+        try:
+            with open(path, "rb") as handle:
+                head, _, body = handle.read().partition(b"\n")
+        except OSError:
+            return
+        spool.remove(path)
+        try:
+            envelope = protocol_json_loads(head)
+            run_id, event = str(envelope["run"]), str(envelope["event"])
+            incarnation, seq, signature = envelope["incarnation"], envelope["seq"], str(envelope["signature"])
+        except (ValueError, KeyError, TypeError):
+            return
+        if self._gate.check(run_id, event, str(incarnation), str(seq), signature, body) != OK:
+            return
+        frame = self._gate.decode(run_id, event, int(incarnation), body)
+        if frame is not None:
+            self._on_verified(frame)
+
+
+def protocol_json_loads(data: bytes) -> Any:
+    import json
+
+    value = json.loads(data)
+    if not isinstance(value, dict):
+        raise ValueError("not an object")
+    return value
+
+
+def encode_payload(payload: dict[str, Any], spool_dir: str, threshold: int = DEFAULT_SPOOL_THRESHOLD) -> str:
+    """Inline base64 JSON when small; otherwise a private spool file and its ``spool:`` reference."""
+    inline = protocol.encode_inline(payload)
+    if len(inline) <= threshold:
+        return inline
+    import json
+
+    path = spool.payload_path(spool_dir, payload["run_id"])
+    spool.write_atomic(path, json.dumps(payload, separators=(",", ":")).encode())
+    return protocol.SPOOL_PREFIX + path
+
+
+def _token_from_url(url: Optional[str]) -> Optional[str]:
+    if not url:
+        return None
+    marker = "/wove/events/"
+    if marker in url:
+        token = url.split(marker, 1)[1].strip("/")
+        return token or None
+    return None
+
+
+def validate_dispatch_config(config: dict[str, Any], *, environment: str,
+                             adapter_class: Optional[type[BackendAdapter]] = None,
+                             label: str = "backend", extra_keys: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """Check the dispatch keys every adapter environment shares; unknown keys name the valid ones."""
+    from .._config import unknown_key_message
+
+    adapter_keys = adapter_class.config_keys if adapter_class is not None else frozenset()
+    if adapter_keys is not None:
+        valid = DISPATCH_KEYS | adapter_keys | extra_keys
+        for key in config:
+            if key not in valid:
+                raise ValueError(unknown_key_message(
+                    f"executor_config key for environment {environment!r} ({label}):", key, valid))
+    where = f"environment {environment!r}: executor_config"
+    channel = config.get("result_channel", "http")
+    if channel not in RESULT_CHANNELS:
+        raise ValueError(f"{where}.result_channel must be one of {', '.join(map(repr, RESULT_CHANNELS))}; "
+                         f"got {channel!r}")
+    port = config.get("callback_port")
+    if port is not None and (isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535):
+        raise ValueError(f"{where}.callback_port must be an integer port 0-65535 (0 = any free port); "
+                         f"got {port!r}")
+    for key in ("callback_host", "callback_token", "callback_url", "spool_dir"):
+        value = config.get(key)
+        if value is not None and (not isinstance(value, str) or not value):
+            raise ValueError(f"{where}.{key} must be a non-empty string, got {value!r}")
+    url = config.get("callback_url")
+    if url is not None:
+        if not url.startswith(("http://", "https://")):
+            raise ValueError(f"{where}.callback_url must start with http:// or https://, got {url!r}")
+        token = config.get("callback_token")
+        url_token = _token_from_url(url)
+        if url_token is None:
+            raise ValueError(f"{where}.callback_url must end with /wove/events/<token> (the path workers "
+                             f"post to), got {url!r}")
+        if token is not None and token != url_token:
+            raise ValueError(f"{where}: callback_token {token!r} does not match the token in callback_url "
+                             f"({url_token!r}); they must be the same")
+    for key, minimum in (("callback_max_body", 1024), ("spool_threshold", 1), ("post_timeout", 1)):
+        value = config.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                  or value < minimum):
+            raise ValueError(f"{where}.{key} must be a number >= {minimum}, got {value!r}")
+    return config

@@ -1,0 +1,323 @@
+"""The remote runtime: one per remote environment per weave, between the scheduler and an executor.
+
+It turns each call into a ``run_task`` frame, matches event frames back to their runs, and enforces the
+delivery settings: ``delivery_timeout`` and ``delivery_heartbeat_seconds`` (-> ``DeliveryTimeoutError``
+and a ``cancel_task``), ``delivery_max_in_flight``, ``delivery_idempotency_key``,
+``delivery_cancel_mode`` and ``delivery_orphan_policy``. Every retry is a new run id, so events that
+arrive late from an earlier attempt (or twice) are simply ignored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from .. import _config
+from ..dispatch.error_payload import error_dict, rebuild_exception
+from ..errors import DeliveryOrphanedError, DeliveryTimeoutError, EnvironmentExecutionError
+from .base import EnvironmentExecutor
+
+log = logging.getLogger("wove.dispatch")
+
+REQUIRE_ACK_SECONDS = 30.0
+
+
+@dataclass
+class RunRecord:
+    """What wove knows about one remote run (one attempt of one task or item); see ``WoveResult.jobs``."""
+
+    task: str
+    run_id: str
+    environment: str
+    attempt: int = 0
+    map_index: Optional[int] = None
+    submission: Any = None
+    job_id: Optional[str] = None
+    array_job_id: Optional[str] = None
+    array_index: Optional[int] = None
+    state: str = "SUBMITTING"
+    reason: str = ""
+    node: str = ""
+    submitted_at: Optional[float] = None
+    started_at: Optional[float] = None
+    finished_at: Optional[float] = None
+    outcome: str = ""
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def queue_wait(self) -> Optional[float]:
+        """Seconds from submission until the task started running (``None`` until it started)."""
+        if self.submitted_at is None or self.started_at is None:
+            return None
+        return max(0.0, self.started_at - self.submitted_at)
+
+    @property
+    def run_time(self) -> Optional[float]:
+        """Seconds the task ran (``None`` until it finished)."""
+        if self.started_at is None or self.finished_at is None:
+            return None
+        return max(0.0, self.finished_at - self.started_at)
+
+
+class _Run:
+    __slots__ = ("run_id", "call", "future", "record", "started", "last_event", "cancel_requested", "acked",
+                 "settings")
+
+    def __init__(self, run_id: str, call: Any, future: asyncio.Future[Any], record: RunRecord):
+        self.run_id = run_id
+        self.call = call
+        self.settings = call.settings
+        self.future = future
+        self.record = record
+        self.started = False
+        self.last_event = time.monotonic()
+        self.cancel_requested = False
+        self.acked: Optional[asyncio.Future[None]] = None
+
+
+def make_executor(executor: Any) -> EnvironmentExecutor:
+    if isinstance(executor, str):
+        return _config.executor_class(executor)()
+    return executor
+
+
+class RemoteEnvironment:
+    """Runs calls through one environment's executor and resolves them from its event frames."""
+
+    def __init__(self, name: str, spec: dict[str, Any], runtime: Any):
+        self.name = name
+        self.spec = spec
+        self.runtime = runtime
+        self.executor = make_executor(spec["executor"])
+        self._runs: dict[str, _Run] = {}
+        self._reader: Optional[asyncio.Task[None]] = None
+        self._closed: Optional[BaseException] = None
+        cap = runtime.resolver.task_value("delivery_max_in_flight", {}, name)
+        self._in_flight = asyncio.Semaphore(cap) if cap else None
+
+    async def start(self) -> None:
+        run_config = {key: self.runtime.resolver.task_value(key, {}, self.name) for key in _config.TASK_SETTINGS}
+        await self.executor.start(environment_name=self.name, environment_config=self.spec,
+                                  run_config=run_config)
+        self._reader = asyncio.get_running_loop().create_task(self._read_events())
+
+    # ------------------------------------------------------------------ running one call
+    async def run(self, call: Any) -> Any:
+        if self._in_flight is None:
+            return await self._run(call)
+        async with self._in_flight:
+            return await self._run(call)
+
+    def _frame(self, run_id: str, call: Any, record: RunRecord) -> dict[str, Any]:
+        settings = call.settings
+        task_id = call.task_name if call.map_index is None else f"{call.task_name}[{call.map_index}]"
+        return {
+            "type": "run_task",
+            "run_id": run_id,
+            "task_id": task_id,
+            "task_name": call.task_name,
+            "callable": call.func,
+            "args": (call.args, call.kwargs),
+            "delivery": {
+                "timeout": settings["delivery_timeout"],
+                "heartbeat_seconds": settings["delivery_heartbeat_seconds"],
+                "idempotency_key": _idempotency_key(settings["delivery_idempotency_key"], call),
+                "cancel_mode": settings["delivery_cancel_mode"],
+                "orphan_policy": settings["delivery_orphan_policy"],
+            },
+            "attempt": call.attempt,
+            "map_index": call.map_index,
+            "resources": call.resources,
+            "group": call.group,
+            "record": record,
+        }
+
+    async def _run(self, call: Any) -> Any:
+        if self._closed is not None:
+            raise EnvironmentExecutionError(
+                f"environment {self.name!r} is no longer usable: {self._closed}") from self._closed
+        loop = asyncio.get_running_loop()
+        run_id = uuid.uuid4().hex
+        record = RunRecord(task=call.task_name, run_id=run_id, environment=self.name, attempt=call.attempt,
+                           map_index=call.map_index, submitted_at=time.time())
+        if call.records is not None:
+            call.records.append(record)
+        run = _Run(run_id, call, loop.create_future(), record)
+        self._runs[run_id] = run
+        submitted = False
+        frame: dict[str, Any] = {}
+        try:
+            try:
+                frame = self._frame(run_id, call, record)
+                await self.executor.send(frame)
+                submitted = True
+                record.state = "SUBMITTED" if record.state == "SUBMITTING" else record.state
+                return await self._wait(run)
+            except asyncio.CancelledError:
+                if submitted or frame.get("submitted"):
+                    await self._cancel_remote(run, "the task was cancelled")
+                raise
+            except DeliveryTimeoutError:
+                raise
+            except BaseException as exc:
+                record.outcome = record.outcome or "error"
+                if submitted and not run.future.done():
+                    await self._cancel_remote(run, f"{type(exc).__name__}")
+                raise
+        finally:
+            record.finished_at = record.finished_at or time.time()
+            self._runs.pop(run_id, None)
+
+    async def _wait(self, run: _Run) -> Any:
+        settings = run.settings
+        delivery_timeout = settings["delivery_timeout"]
+        heartbeat = settings["delivery_heartbeat_seconds"]
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + delivery_timeout if delivery_timeout else None
+        while True:
+            now = loop.time()
+            waits = []
+            if deadline is not None:
+                waits.append(deadline - now)
+            if heartbeat and run.started:
+                waits.append(run.last_event + heartbeat - time.monotonic())
+            if not waits:
+                return await run.future
+            await asyncio.wait({run.future}, timeout=max(0.0, min(waits)))
+            if run.future.done():
+                return run.future.result()
+            where = f"task {run.call.task_name!r}" + (
+                f" item {run.call.map_index}" if run.call.map_index is not None else "")
+            if deadline is not None and loop.time() >= deadline:
+                run.record.outcome = "timeout"
+                await self._cancel_remote(run, "delivery_timeout")
+                raise DeliveryTimeoutError(
+                    f"{where} produced no outcome within delivery_timeout={delivery_timeout}s in environment "
+                    f"{self.name!r} (run {run.run_id}); the remote run was cancelled")
+            if heartbeat and run.started and time.monotonic() - run.last_event >= heartbeat:
+                run.record.outcome = "timeout"
+                await self._cancel_remote(run, "heartbeat")
+                raise DeliveryTimeoutError(
+                    f"{where} sent no event for {heartbeat}s (delivery_heartbeat_seconds) in environment "
+                    f"{self.name!r} (run {run.run_id}); the worker is presumed lost and the run was cancelled")
+
+    async def _cancel_remote(self, run: _Run, reason: str) -> None:
+        settings = run.settings
+        policy = settings["delivery_orphan_policy"]
+        record = run.record
+        if policy == "detach":
+            record.state = record.state if record.outcome else "DETACHED"
+            record.outcome = record.outcome or "detached"
+            return
+        run.cancel_requested = True
+        record.outcome = record.outcome or ("orphaned" if policy == "fail" else "cancelled")
+        if policy == "fail" and not run.future.done():
+            run.future.set_exception(DeliveryOrphanedError(
+                f"task {run.call.task_name!r} was still running remotely when the weave stopped ({reason})"))
+            run.future.exception()
+        frame = {"type": "cancel_task", "run_id": run.run_id, "task_id": run.call.task_name,
+                 "delivery_cancel_mode": settings["delivery_cancel_mode"], "delivery_orphan_policy": policy,
+                 "reason": reason, "record": record}
+        if settings["delivery_cancel_mode"] == "require_ack":
+            run.acked = asyncio.get_running_loop().create_future()
+        try:
+            await asyncio.shield(self.executor.send(frame))
+        except Exception as exc:  # cancellation is best effort unless an ack is required
+            log.warning("wove: cancelling run %s of task %r failed: %s", run.run_id, run.call.task_name, exc)
+        if run.acked is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(run.acked), REQUIRE_ACK_SECONDS)
+            except asyncio.TimeoutError:
+                log.warning("wove: no cancellation acknowledgement for run %s of task %r within %ss",
+                            run.run_id, run.call.task_name, REQUIRE_ACK_SECONDS)
+
+    # ------------------------------------------------------------------ events
+    async def _read_events(self) -> None:
+        while True:
+            try:
+                frame = await self.executor.recv()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self._closed = exc
+                for run in list(self._runs.values()):
+                    if not run.future.done():
+                        run.future.set_exception(exc if isinstance(exc, EnvironmentExecutionError) else
+                                                 EnvironmentExecutionError(
+                                                     f"environment {self.name!r} stopped delivering events: "
+                                                     f"{type(exc).__name__}: {exc}",
+                                                     payload=error_dict(type(exc).__name__, str(exc),
+                                                                        source="transport")))
+                return
+            try:
+                self.handle(frame)
+            except Exception:
+                log.exception("wove: bad event frame from environment %r: %r", self.name, frame)
+
+    def handle(self, frame: dict[str, Any]) -> None:
+        """Apply one event frame; frames for unknown or finished runs are ignored."""
+        run = self._runs.get(frame.get("run_id", ""))
+        if run is None:
+            return
+        kind = frame.get("type")
+        record = run.record
+        if kind == "task_cancelled" and run.acked is not None and not run.acked.done():
+            run.acked.set_result(None)
+        if run.future.done():
+            return
+        run.last_event = time.monotonic()
+        if kind == "task_started":
+            run.started = True
+            record.started_at = record.started_at or time.time()
+            record.state = "RUNNING"
+            record.node = frame.get("node") or frame.get("host") or record.node
+            record.job_id = record.job_id or frame.get("job_id")
+        elif kind == "task_result":
+            record.state, record.outcome = "COMPLETED", "result"
+            record.finished_at = time.time()
+            run.future.set_result(frame.get("result"))
+        elif kind == "task_error":
+            record.state = record.state if record.state not in ("RUNNING", "SUBMITTED") else "FAILED"
+            record.outcome = "error"
+            record.finished_at = time.time()
+            error = frame.get("error") or error_dict("Error", "remote task failed", source="executor")
+            run.future.set_exception(rebuild_exception(frame.get("exception"), error))
+        elif kind == "task_cancelled":
+            record.state, record.outcome = "CANCELLED", record.outcome or "cancelled"
+            record.finished_at = time.time()
+            signal_name = frame.get("signal")
+            why = f" by {signal_name}" if signal_name else ""
+            error = frame.get("error") or error_dict(
+                "Cancelled", f"the remote run of task {run.call.task_name!r} was cancelled{why} "
+                f"(environment {self.name!r})", source="executor")
+            run.future.set_exception(rebuild_exception(frame.get("exception"), error))
+
+    async def aclose(self) -> None:
+        """Stop reading events and stop the executor; runs still pending become orphaned."""
+        for run in list(self._runs.values()):
+            if not run.future.done():
+                run.future.set_exception(DeliveryOrphanedError(
+                    f"task {run.call.task_name!r} was still pending in environment {self.name!r} when the "
+                    "weave stopped"))
+                run.future.exception()
+        if self._reader is not None:
+            self._reader.cancel()
+            await asyncio.gather(self._reader, return_exceptions=True)
+        await self.executor.stop()
+
+
+def _idempotency_key(template: Any, call: Any) -> Optional[str]:
+    if template is None:
+        return None
+    if callable(template):
+        return str(template(*call.args, **call.kwargs))
+    try:
+        return template.format(*call.args, **call.kwargs)
+    except (KeyError, IndexError) as exc:
+        raise ValueError(
+            f"delivery_idempotency_key {template!r} refers to {exc}, which is not an argument of task "
+            f"{call.task_name!r} (arguments: {', '.join(call.kwargs) or 'none'})") from None

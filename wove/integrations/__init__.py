@@ -1,0 +1,1 @@
+"""Helpers for running wove payloads inside other systems' workers."""
