@@ -7,6 +7,7 @@ stdin, so nothing the size of a program rides on a command line.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from typing import Any, Callable, Optional
@@ -41,6 +42,8 @@ def start_forked(tasks: dict[str, TaskSpec], init_data: dict[str, Any], options:
     })
     process = subprocess.Popen([sys.executable, "-m", "wove._fork"], stdin=subprocess.PIPE)
     assert process.stdin is not None
+    # The parent's import path goes first, so functions pickled by reference import in the child too.
+    process.stdin.write(json.dumps(sys.path).encode() + b"\n")
     process.stdin.write(blob)
     process.stdin.close()
     return process
@@ -54,7 +57,11 @@ def _child_main() -> int:
     from ._weave import WeaveContext, _make_spec
 
     cloudpickle = _cloudpickle()
-    job = cloudpickle.loads(sys.stdin.buffer.read())
+    stream = sys.stdin.buffer
+    for entry in reversed(json.loads(stream.readline())):
+        if entry not in sys.path:
+            sys.path.insert(0, entry)
+    job = cloudpickle.loads(stream.read())
     _config._apply(job["config"], source="forked weave")
     context = WeaveContext(None, job["options"], job["init"])
     for name, func, map_source, options in job["tasks"]:

@@ -168,7 +168,7 @@ def plan(tasks: dict[str, TaskSpec], init_names: Iterable[str]) -> Plan:
             spec.inputs = [d for d in deps if d not in spec.positional]
         else:
             spec.positional, spec.inputs = [], deps
-        task_deps = deps if non_task_names.isdisjoint(deps) else [d for d in deps if d in tasks]
+        task_deps = list(deps) if non_task_names.isdisjoint(deps) else [d for d in deps if d in tasks]
         if isinstance(source, MapFrom) and source.name in tasks and source.name not in task_deps:
             task_deps.append(source.name)
         spec.dependencies = task_deps

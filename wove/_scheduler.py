@@ -83,7 +83,7 @@ class Runtime:
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
         self._pool: Optional[ThreadPoolExecutor] = None
         self._environments: dict[str, asyncio.Future[Any]] = {}
-        self._settings_cache: dict[str, dict[str, Any]] = {}
+        self._settings_cache: dict[tuple[str, bool], dict[str, Any]] = {}
         self._local: dict[str, bool] = {}
         self._default_environment = resolver.environment_name(None)
         self._running: dict[str, asyncio.Future[Any]] = {}
@@ -132,11 +132,13 @@ class Runtime:
         return await asyncio.shield(future) if not future.done() else future.result()
 
     def task_settings(self, spec: TaskSpec, environment: str) -> dict[str, Any]:
-        if not spec.options and environment in self._settings_cache:
-            return self._settings_cache[environment]
-        settings = self.resolve_settings(spec.options, environment, mapped=spec.mapped)
-        if not spec.options and not spec.mapped:
-            self._settings_cache[environment] = settings
+        """Settings of a task; tasks without options share one resolved dict per environment."""
+        if spec.options:
+            return self.resolve_settings(spec.options, environment, mapped=spec.mapped)
+        key = (environment, spec.map_source is not None)
+        settings = self._settings_cache.get(key)
+        if settings is None:
+            settings = self._settings_cache[key] = self.resolve_settings({}, environment, mapped=key[1])
         return settings
 
     def resolve_settings(self, options: dict[str, Any], environment: str, *, mapped: bool) -> dict[str, Any]:
@@ -211,7 +213,8 @@ class Runtime:
             settings = self.task_settings(spec, environment)
         else:
             environment = self._default_environment
-            settings = self._settings_cache.get(environment) or self.task_settings(spec, environment)
+            settings = (self._settings_cache.get((environment, spec.map_source is not None))
+                        or self.task_settings(spec, environment))
         name = spec.name
         if spec.map_source is not None:
             awaitable = self._run_mapped(spec, list(args), kwargs, settings, environment)

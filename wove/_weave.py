@@ -285,7 +285,10 @@ def _run_sync(coro: Any) -> Any:
     """Run ``coro`` to completion from sync code, even when this thread already runs an event loop."""
     try:
         asyncio.get_running_loop()
+        in_loop = True
     except RuntimeError:
+        in_loop = False
+    if not in_loop:  # (outside the except block, so task errors carry no "no running event loop" context)
         return asyncio.run(coro)
     # Jupyter, or a sync helper called from an async handler: run on a private loop in a helper thread.
     box: dict[str, Any] = {}
