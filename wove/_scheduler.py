@@ -349,7 +349,7 @@ class Runtime:
                 if attempt >= retries:
                     raise
                 attempt += 1
-                if remote is not None and hasattr(remote, "adjust_for_retry"):
+                if remote is not None:
                     resources = remote.adjust_for_retry(exc, resources, settings)
 
     # ------------------------------------------------------------------ mapped tasks
@@ -403,7 +403,9 @@ class Runtime:
         The item goes in as keyword ``item_param``, or appended to ``args`` when that is ``None``.
         """
         workers = settings["workers"]
-        semaphore = asyncio.Semaphore(workers) if workers else None
+        remote = await self.environment(environment)
+        native = remote is not None and remote.handles_workers  # e.g. a Slurm array throttle (%N)
+        semaphore = asyncio.Semaphore(workers) if workers and not native else None
         limiter = _RateLimiter(settings["limit_per_minute"]) if settings["limit_per_minute"] else None
 
         async def one(index: int, item: Any) -> Any:

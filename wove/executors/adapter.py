@@ -156,11 +156,11 @@ class BackendAdapterEnvironmentExecutor(EnvironmentExecutor):
                 self._poller = asyncio.get_running_loop().create_task(self._poll_event_files())
             else:
                 await self._start_receiver(environment_name, config)
-            self.adapter = self.adapter_class(name=environment_name, config=config,
-                                              callback_url=self.callback_url, run_config=run_config,
-                                              **self.adapter_options)
-            self.adapter._executor = self
-            await self.adapter.start()
+            adapter = self.adapter_class(name=environment_name, config=config, callback_url=self.callback_url,
+                                         run_config=run_config, **self.adapter_options)
+            adapter._executor = self
+            await adapter.start()  # an adapter that fails here cleans up after itself
+            self.adapter = adapter
         except BaseException:
             await self.stop()
             raise
@@ -177,15 +177,20 @@ class BackendAdapterEnvironmentExecutor(EnvironmentExecutor):
             max_body=int(config.get("callback_max_body") or DEFAULT_MAX_BODY))
         await self._receiver.start()
         self.callback_url = config.get("callback_url") or self._receiver.url(
-            self.advertise_host(self._receiver.host))
+            await self.advertise_host(self._receiver.host))
 
     def default_callback_host(self) -> str:
         """Where the receiver binds when ``callback_host`` is not set."""
         return "127.0.0.1"
 
-    def advertise_host(self, bind_host: str) -> str:
+    async def advertise_host(self, bind_host: str) -> str:
         """The host name workers are told to call back, when ``callback_url`` is not set."""
         return bind_host
+
+    def adjust_for_retry(self, exc: BaseException, resources: Optional[dict[str, Any]],
+                         settings: dict[str, Any]) -> Optional[dict[str, Any]]:
+        adjust = getattr(self.adapter, "adjust_for_retry", None)
+        return adjust(exc, resources, settings) if adjust is not None else resources
 
     async def stop(self) -> None:
         if self._poller is not None:

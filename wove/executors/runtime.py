@@ -133,6 +133,7 @@ class RemoteEnvironment:
             "map_index": call.map_index,
             "resources": call.resources,
             "group": call.group,
+            "workers": settings["workers"],
             "record": record,
         }
 
@@ -295,6 +296,16 @@ class RemoteEnvironment:
                 "Cancelled", f"the remote run of task {run.call.task_name!r} was cancelled{why} "
                 f"(environment {self.name!r})", source="executor")
             run.future.set_exception(rebuild_exception(frame.get("exception"), error))
+
+    @property
+    def handles_workers(self) -> bool:
+        """True when the executor enforces a mapped task's ``workers`` itself (Slurm's array ``%N``)."""
+        return bool(getattr(self.executor, "handles_workers", False))
+
+    def adjust_for_retry(self, exc: BaseException, resources: Optional[dict[str, Any]],
+                         settings: dict[str, Any]) -> Optional[dict[str, Any]]:
+        adjust = getattr(self.executor, "adjust_for_retry", None)
+        return adjust(exc, resources, settings) if adjust is not None else resources
 
     async def aclose(self) -> None:
         """Stop reading events and stop the executor; runs still pending become orphaned."""

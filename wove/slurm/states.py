@@ -179,6 +179,8 @@ def job_error(info: JobInfo, stderr_tail: str = "", *, task: str = "", log_path:
     else:
         cls = errors.SlurmJobFailedError
         code = info.exit_code
+        if not signal and code is not None and 128 < code < 128 + 65:
+            signal = code - 128  # the job's shell reports a killed child as 128+N
         if signal:
             how = f"was killed by signal {signal}{_signal_name(signal)}"
         elif code is not None:

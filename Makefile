@@ -1,0 +1,41 @@
+# Two entry points, both working on a fresh Debian 12 machine (root): `make demo` and `make test`.
+# Each creates the virtual environment, installs wove with its extras, and starts the local Slurm
+# cluster (scripts/local-slurm.sh, idempotent) before running.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(CURDIR)/$(VENV)/bin
+# Jobs run `python -m wove.backend_worker`; with the venv first on PATH (exported to jobs by sbatch's
+# default --export=ALL) they find the same interpreter and wove as the weave that submitted them.
+RUN := env PATH="$(BIN):$$PATH"
+
+.PHONY: install slurm demo test lint bench clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e ".[test]" --config-settings editable_mode=compat
+	touch $@
+
+install: $(VENV)/.installed
+
+slurm:
+	scripts/local-slurm.sh start
+
+demo: install slurm
+	$(RUN) $(BIN)/python examples/slurm_pipeline.py
+
+lint: install
+	$(BIN)/ruff check .
+
+test: install slurm lint
+	$(RUN) CI=$${CI:-} $(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+bench: install slurm
+	$(RUN) $(BIN)/python benchmarks/core_overhead.py
+	$(RUN) $(BIN)/python benchmarks/dispatch.py
+	$(RUN) $(BIN)/python benchmarks/slurm_throughput.py
+	$(RUN) $(BIN)/python benchmarks/slurm_failure_detection.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

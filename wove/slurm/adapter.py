@@ -1,0 +1,406 @@
+"""The Slurm adapter: submit payloads as jobs (arrays when many are ready together), cancel them, watch them.
+
+Default path, per the user's page: ``sbatch --parsable --job-name <prefix>-<task> --wrap "<command>"``, with
+the payload in the *environment* of the ``sbatch`` process (``WOVE_BACKEND_PAYLOAD``; ``--export=ALL``
+carries it to the job), so it never appears in a command line, in ``scontrol show job`` or in ``ps``.
+Items of a mapped task that become ready together go out as one job array whose elements each read their
+own payload from one spool file. A custom ``submit`` callable replaces the default path entirely.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import os
+import re
+import shlex
+import shutil
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from ..dispatch import protocol, spool
+from ..errors import SlurmCommandError, SlurmOutOfMemoryError
+from ..executors.adapter import BackendAdapter, default_spool_root
+from . import commands, resources
+from .monitor import JobMonitor
+
+log = logging.getLogger("wove.slurm")
+
+DEFAULT_COMMAND = "python -m wove.backend_worker"
+_TRANSIENT = ("unable to contact slurm controller", "socket timed out", "temporarily unable",
+              "resource temporarily unavailable", "maxsubmitjob", "submit limit", "try again",
+              "slurm_persist_conn_open", "connection refused")
+_SUBMIT_CONCURRENCY = 16
+_BATCH_WINDOW = 0.005
+_max_array_cache: dict[tuple[str, ...], int] = {}
+
+
+@dataclass
+class _Item:
+    payload: dict[str, Any]
+    frame: dict[str, Any]
+    future: asyncio.Future[str]
+    cancelled: bool = False
+
+
+@dataclass
+class _Batch:
+    task: str
+    resources: dict[str, Any]
+    workers: Optional[int]
+    items: list[_Item] = field(default_factory=list)
+
+
+class SlurmAdapter(BackendAdapter):
+    """Submits wove payloads to Slurm with sbatch and cancels them with scancel."""
+
+    required_modules = ("cloudpickle",)
+    install_hint = 'pip install "wove[dispatch]"'
+    config_keys = None  # validated by SlurmExecutor.validate_config
+
+    async def start(self) -> None:
+        config = self.config
+        self.sbatch_base = list(config.get("sbatch") or ["sbatch", "--parsable"])
+        self.scancel_base = list(config.get("scancel") or ["scancel"])
+        self.command = config.get("command") or DEFAULT_COMMAND
+        self.prefix = config.get("job_name_prefix", "wove")
+        self.custom_submit = config.get("submit")
+        self.arrays = config.get("arrays", True)
+        self.items_per_job = int(config.get("items_per_job") or 1)
+        self.env_resources = resources.validate(
+            {k: v for k, v in config.items() if k in resources.RESOURCE_KEYS}, f"environment {self.name!r}")
+        self.signal_seconds = config.get("signal_before_timeout")
+        self.oom_factor = config.get("oom_retry_factor")
+        self.oom_max = config.get("oom_max_mem")
+        self.keep_logs = config.get("keep_logs", "on_failure")
+        self.log_dir = config.get("log_dir") or os.path.join(
+            config.get("spool_dir") or default_spool_root(), "logs", os.path.basename(self.spool_dir))
+        os.makedirs(self.log_dir, exist_ok=True)
+        #: Every sbatch invocation: argv (without the payload, which is never on it), items, job id.
+        self.submissions: list[dict[str, Any]] = []
+        self.failed_jobs = 0
+        self._batches: dict[str, _Batch] = {}
+        self._submit_slots = asyncio.Semaphore(_SUBMIT_CONCURRENCY)
+        self._cancel_keys: list[str] = []
+        self._cancel_flush: Optional[asyncio.Task[None]] = None
+        self._live: dict[str, set[str]] = {}        # array job id -> element keys not yet resolved
+        self._pending: set[asyncio.Task[Any]] = set()
+        self.monitor = JobMonitor(
+            self._report, squeue=config.get("squeue") or ["squeue"], sacct=config.get("sacct") or ["sacct"],
+            scontrol=config.get("scontrol") or ["scontrol"], scancel=self.scancel_base,
+            poll_interval=float(config.get("poll_interval") or 1.0),
+            poll_max=float(config.get("poll_max") or 15.0), queue_timeout=config.get("queue_timeout"),
+            callback_url=self.callback_url)
+        self.monitor.start()
+
+    # ------------------------------------------------------------------ submit
+    async def submit(self, payload: dict[str, Any], frame: dict[str, Any]) -> str:
+        if self.custom_submit is not None:
+            return await self._custom_submit(payload, frame)
+        task_resources = resources.merge(self.env_resources, frame.get("resources"))
+        batch_key = f"{frame.get('group') or frame.get('task_name')}|{resources.signature(task_resources)}"
+        loop = asyncio.get_running_loop()
+        batch = self._batches.get(batch_key)
+        if batch is None:
+            batch = self._batches[batch_key] = _Batch(str(frame.get("task_name")), task_resources,
+                                                      frame.get("workers"))
+            loop.call_later(_BATCH_WINDOW, self._start_flush, batch_key)
+        item = _Item(payload, frame, loop.create_future())
+        batch.items.append(item)
+        try:
+            return await asyncio.shield(item.future)
+        except asyncio.CancelledError:
+            item.cancelled = True
+            if item.future.done() and not item.future.cancelled() and item.future.exception() is None:
+                frame["submitted"] = True  # the job exists: the runtime will cancel it
+                frame["submission"] = item.future.result()
+            raise
+
+    async def _custom_submit(self, payload: dict[str, Any], frame: dict[str, Any]) -> str:
+        handle = self.custom_submit(payload, frame, self.config)
+        if inspect.isawaitable(handle):
+            handle = await handle
+        if handle is None:
+            raise SlurmCommandError(
+                f"the custom submit callable for environment {self.name!r} returned None; it must return "
+                "the job id (for example the output of `sbatch --parsable`)")
+        key = commands.parse_job_id(str(handle)) if not re.fullmatch(r"\d+(_\d+)?", str(handle).strip()) \
+            else str(handle).strip()
+        self.submissions.append({"argv": ["<custom submit>"], "items": 1, "job_id": key})
+        item = _Item(payload, frame, asyncio.get_running_loop().create_future())
+        self._track(item, key)
+        return key
+
+    def _start_flush(self, batch_key: str) -> None:
+        batch = self._batches.pop(batch_key, None)
+        if batch is None:
+            return
+        items = [item for item in batch.items if not item.cancelled]
+        if not items:
+            return
+        task = asyncio.get_running_loop().create_task(self._flush(batch, items))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def _flush(self, batch: _Batch, items: list[_Item]) -> None:
+        try:
+            if len(items) == 1 or not self.arrays:
+                await asyncio.gather(*(self._submit_single(batch, item) for item in items))
+                return
+            max_size = await self._max_array_size()
+            per_job = max(1, self.items_per_job)
+            chunk = max_size * per_job
+            await asyncio.gather(*(self._submit_array(batch, items[start:start + chunk])
+                                   for start in range(0, len(items), chunk)))
+        except BaseException as exc:
+            for item in items:
+                if not item.future.done():
+                    item.future.set_exception(exc)
+                    item.future.exception()
+            if not isinstance(exc, Exception):
+                raise
+
+    def _common_args(self, batch: _Batch, task_resources: dict[str, Any]) -> list[str]:
+        args = [f"--job-name={self.prefix}-{_job_name(batch.task)}"]
+        args.extend(resources.sbatch_options(task_resources))
+        if self.signal_seconds:
+            args.append(f"--signal=B:USR1@{int(self.signal_seconds)}")
+        return args
+
+    def _script_args(self, task_resources: dict[str, Any]) -> tuple[list[str], Optional[bytes]]:
+        setup = task_resources.get("setup") or []
+        if setup:
+            return [], resources.batch_script(self.command, setup).encode()
+        return ["--wrap", self.command], None
+
+    async def _submit_single(self, batch: _Batch, item: _Item) -> None:
+        task_resources = resources.merge(batch.resources, item.frame.get("resources") or {})
+        encoded = self.encode_payload(item.payload)
+        script_args, stdin = self._script_args(task_resources)
+        argv = [*self.sbatch_base, *self._common_args(batch, task_resources),
+                f"--output={self.log_dir}/%j.out", f"--error={self.log_dir}/%j.err", *script_args]
+        job_id = await self._sbatch(argv, encoded, stdin, items=1)
+        self._deliver(item, job_id, os.path.join(self.log_dir, f"{job_id}.err"), task_resources)
+
+    async def _submit_array(self, batch: _Batch, items: list[_Item]) -> None:
+        per_job = max(1, self.items_per_job)
+        elements = (len(items) + per_job - 1) // per_job
+        path = os.path.join(self.spool_dir, f"array-{uuid.uuid4().hex}.payloads")
+        spool.write_array(path, [_spool_text(item.payload) for item in items], per_job)
+        throttle = f"%{batch.workers}" if batch.workers else ""
+        script_args, stdin = self._script_args(batch.resources)
+        argv = [*self.sbatch_base, *self._common_args(batch, batch.resources), f"--array=0-{elements - 1}{throttle}",
+                f"--output={self.log_dir}/%A_%a.out", f"--error={self.log_dir}/%A_%a.err", *script_args]
+        job_id = await self._sbatch(argv, protocol.SPOOL_PREFIX + path, stdin, items=len(items))
+        self._live[job_id] = {f"{job_id}_{index}" for index in range(elements)}
+        for index, item in enumerate(items):
+            key = f"{job_id}_{index // per_job}"
+            self._deliver(item, key, os.path.join(self.log_dir, f"{key}.err"), batch.resources)
+
+    def _deliver(self, item: _Item, key: str, stderr_path: str, task_resources: dict[str, Any]) -> None:
+        record = item.frame.get("record")
+        if record is not None:
+            record.job_id = key
+            record.array_job_id, _, index = key.partition("_")
+            record.array_index = int(index) if index else None
+            if not index:
+                record.array_job_id = None
+            record.state = "PENDING"
+            record.details["stderr"] = stderr_path
+        if item.cancelled:  # cancelled while sbatch ran: nobody waits for this job
+            self._queue_cancel(key)
+        elif not item.future.done():
+            self._track(item, key, stderr_path, task_resources)
+            item.future.set_result(key)
+
+    def _track(self, item: _Item, key: str, stderr_path: str = "",
+               task_resources: Optional[dict[str, Any]] = None) -> None:
+        task_resources = task_resources or {}
+        self.monitor.track(key, str(item.frame.get("task_name")), item.payload["run_id"],
+                           item.frame.get("record") or _NullRecord(), stderr_path=stderr_path,
+                           requested_memory=str(task_resources.get("mem", "")),
+                           requested_time=str(task_resources.get("time", "")),
+                           memory_history=list(task_resources.get("_mem_history", [])))
+
+    async def _sbatch(self, argv: list[str], encoded: str, stdin: Optional[bytes], items: int) -> str:
+        env = commands.environment_with({protocol.PAYLOAD_ENV: encoded})
+        deadline = time.monotonic() + float(self.config.get("submit_retry_seconds") or 120.0)
+        delay = 0.5
+        async with self._submit_slots:
+            while True:
+                try:
+                    _, out, _ = await commands.run(argv, env=env, stdin=stdin, timeout=60.0)
+                    break
+                except SlurmCommandError as exc:
+                    transient = any(p in (exc.stderr or str(exc)).lower() for p in _TRANSIENT)
+                    if not transient or time.monotonic() + delay > deadline:
+                        raise
+                    log.warning("wove: sbatch failed transiently (%s); retrying in %.1fs", exc, delay)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 10.0)
+        job_id = commands.parse_job_id(out)
+        self.submissions.append({"argv": [a for a in argv if a != self.command], "items": items,
+                                 "job_id": job_id})
+        return job_id
+
+    async def _max_array_size(self) -> int:
+        if self.config.get("max_array_size"):
+            return int(self.config["max_array_size"])
+        scontrol = tuple(self.config.get("scontrol") or ["scontrol"])
+        if scontrol not in _max_array_cache:
+            size = 1001
+            try:
+                _, out, _ = await commands.run([*scontrol, "show", "config"], timeout=30.0)
+                match = re.search(r"^MaxArraySize\s*=\s*(\d+)", out, re.MULTILINE)
+                if match:
+                    size = int(match.group(1))
+            except SlurmCommandError as exc:
+                log.warning("wove: could not read MaxArraySize (%s); assuming %d", exc, size)
+            _max_array_cache[scontrol] = max(1, size)
+        return _max_array_cache[scontrol]
+
+    # ------------------------------------------------------------------ cancel
+    async def cancel(self, run_id: str, submission: Any, frame: dict[str, Any]) -> None:
+        key = self.monitor.key_of(run_id) or (str(submission) if submission else None)
+        self.monitor.resolved(run_id)
+        if key is None or self.monitor.jobs.get(key):  # other items still use this packed element
+            return
+        self._queue_cancel(key)
+        flush = self._cancel_flush
+        if flush is not None:
+            await asyncio.shield(flush)
+
+    def _queue_cancel(self, key: str) -> None:
+        self._cancel_keys.append(key)
+        if self._cancel_flush is None:
+            self._cancel_flush = asyncio.get_running_loop().create_task(self._flush_cancels())
+
+    async def _flush_cancels(self) -> None:
+        await asyncio.sleep(_BATCH_WINDOW)
+        keys, self._cancel_keys, self._cancel_flush = self._cancel_keys, [], None
+        await self._scancel(self._compact(keys))
+
+    def _compact(self, keys: list[str]) -> list[str]:
+        """Cancel a whole array by its id when every element still alive is being cancelled."""
+        chosen: list[str] = []
+        by_array: dict[str, set[str]] = {}
+        for key in dict.fromkeys(keys):
+            base, _, index = key.partition("_")
+            if index and base in self._live:
+                by_array.setdefault(base, set()).add(key)
+            else:
+                chosen.append(key)
+        for base, wanted in by_array.items():
+            live = {k for k in self._live[base] if k in self.monitor.jobs} | wanted
+            if wanted >= live:
+                chosen.append(base)
+            else:
+                chosen.extend(sorted(wanted))
+        return chosen
+
+    async def _scancel(self, keys: list[str]) -> None:
+        if not keys:
+            return
+        for start in range(0, len(keys), 500):
+            try:
+                await commands.run([*self.scancel_base, *keys[start:start + 500]], timeout=60.0)
+            except SlurmCommandError as exc:
+                log.warning("wove: %s", exc)
+
+    async def _drain(self, timeout: float) -> None:
+        """Wait (bounded) until no job of this weave is pending, running or completing in Slurm."""
+        base_ids = sorted({str(entry["job_id"]).split("_", 1)[0] for entry in self.submissions}, key=int)
+        deadline = time.monotonic() + timeout
+        while base_ids and time.monotonic() < deadline:
+            try:
+                active = await self.monitor.active_jobs(base_ids)
+            except SlurmCommandError:
+                return
+            if not active:
+                return
+            base_ids = sorted({key.split("_", 1)[0] for key in active}, key=int)
+            await asyncio.sleep(0.2)
+        if base_ids:
+            log.warning("wove: Slurm jobs %s were still active %.0fs after the weave ended", base_ids, timeout)
+
+    # ------------------------------------------------------------------ events
+    def on_event(self, frame: dict[str, Any]) -> Optional[dict[str, Any]]:
+        kind = frame.get("type")
+        run_id = frame.get("run_id", "")
+        if kind == "task_cancelled" and frame.get("signal") and self.monitor.hold_cancelled(
+                run_id, str(frame.get("signal"))):
+            return None  # wait for Slurm's verdict: time limit, preemption, requeue or cancellation
+        if kind in protocol.OUTCOME_TYPES:
+            self.monitor.resolved(run_id)
+        return frame
+
+    def _report(self, run_id: str, frame: dict[str, Any]) -> None:
+        self.failed_jobs += 1
+        self.emit(frame)
+
+    def adjust_for_retry(self, exc: BaseException, task_resources: Optional[dict[str, Any]],
+                         settings: dict[str, Any]) -> Optional[dict[str, Any]]:
+        """With ``oom_retry_factor``, an out-of-memory failure is retried with more memory."""
+        if not self.oom_factor or not isinstance(exc, SlurmOutOfMemoryError):
+            return task_resources
+        merged = resources.merge(self.env_resources, task_resources)
+        current = merged.get("mem") or exc.requested_memory
+        if not current:
+            return task_resources
+        history = list((task_resources or {}).get("_mem_history") or [current])
+        bigger = resources.scale_mem(current, float(self.oom_factor))
+        if self.oom_max and resources.mem_mb(bigger) > resources.mem_mb(self.oom_max):
+            bigger = resources.validate({"mem": self.oom_max}, "oom_max_mem")["mem"]
+        if resources.mem_mb(bigger) <= resources.mem_mb(current):
+            return task_resources  # at the cap: retry as is (and fail with the same error)
+        return {**(task_resources or {}), "mem": bigger, "_mem_history": [*history, bigger]}
+
+    # ------------------------------------------------------------------ close
+    async def close(self) -> None:
+        for task in list(self._pending):
+            task.cancel()
+        if self._pending:
+            await asyncio.gather(*self._pending, return_exceptions=True)
+        if self._cancel_flush is not None:
+            await asyncio.gather(self._cancel_flush, return_exceptions=True)
+        await self.monitor.stop()
+        leftover = sorted(self.monitor.jobs)
+        if leftover:  # safety net: nothing of this weave stays queued
+            await self._scancel(self._compact(leftover))
+        await self._drain(float(self.config.get("drain_timeout") or 30.0))
+        keep = self.keep_logs is True or (self.keep_logs == "on_failure" and self.failed_jobs)
+        if keep:
+            log.warning("wove: Slurm job logs kept in %s", self.log_dir)
+        elif not self.config.get("log_dir"):
+            shutil.rmtree(self.log_dir, ignore_errors=True)
+
+
+class _NullRecord:
+    """Stands in for a run record when a frame carries none (direct adapter use)."""
+
+    def __init__(self) -> None:
+        self.details: dict[str, Any] = {}
+        self.state = self.reason = self.node = ""
+        self.started_at = None
+
+
+def _job_name(task: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", task)[:100] or "task"
+
+
+def _spool_text(payload: dict[str, Any]) -> str:
+    import json
+
+    return json.dumps(payload, separators=(",", ":"))
+
+
+def worker_command(config: Optional[dict[str, Any]] = None) -> str:
+    """The command a job runs: ``executor_config['command']`` or ``python -m wove.backend_worker``."""
+    return (config or {}).get("command") or DEFAULT_COMMAND
+
+
+def quote_command(argv: list[str]) -> str:
+    return " ".join(shlex.quote(a) for a in argv)

@@ -1,0 +1,119 @@
+"""``executor: "slurm"``: the backend-adapter executor wired to the Slurm adapter, with its options checked.
+
+When ``callback_url`` is not set, the receiver binds per ``callback_host`` (default: all interfaces) and
+tells jobs to call back on the address this host uses to reach the Slurm controller, which compute nodes
+can normally reach too. Binding beyond loopback is safe because every event is signed per run.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+from collections.abc import Mapping
+from typing import Any, Optional
+
+from ..executors.adapter import BackendAdapterEnvironmentExecutor, validate_dispatch_config
+from . import resources
+from .adapter import SlurmAdapter
+
+SLURM_KEYS = frozenset({
+    # the user's page
+    "submit", "command", "sbatch", "scancel", "job_name_prefix",
+    # ours: the other Slurm tools, logs, monitoring
+    "squeue", "sacct", "scontrol", "log_dir", "keep_logs", "poll_interval", "poll_max", "queue_timeout",
+    "signal_before_timeout", "submit_retry_seconds", "drain_timeout",
+    # ours: scale
+    "arrays", "items_per_job", "max_array_size", "oom_retry_factor", "oom_max_mem",
+    # resources (also accepted per task as resources={...})
+    *resources.RESOURCE_KEYS,
+})
+
+
+class SlurmExecutor(BackendAdapterEnvironmentExecutor):
+    """Runs tasks as Slurm jobs; see ``wove.slurm`` for the options."""
+
+    def __init__(self) -> None:
+        super().__init__("slurm", adapter_class=SlurmAdapter)
+
+    @property
+    def handles_workers(self) -> bool:
+        adapter = self.adapter
+        return bool(adapter is not None and adapter.arrays and adapter.custom_submit is None)
+
+    @classmethod
+    def validate_config(cls, config: dict[str, Any], *, environment: str) -> dict[str, Any]:  # type: ignore[override]
+        config = validate_dispatch_config(config, environment=environment, label="slurm", extra_keys=SLURM_KEYS,
+                                          adapter_class=None)
+        where = f"environment {environment!r}: executor_config"
+        submit = config.get("submit")
+        if submit is not None and not callable(submit):
+            raise ValueError(f"{where}.submit must be a callable (payload, frame, config) -> job id, got {submit!r}")
+        for key in ("command", "job_name_prefix", "log_dir", "oom_max_mem"):
+            value = config.get(key)
+            if value is not None and (not isinstance(value, str) or not value.strip()):
+                raise ValueError(f"{where}.{key} must be a non-empty string, got {value!r}")
+        for key in ("sbatch", "scancel", "squeue", "sacct", "scontrol"):
+            value = config.get(key)
+            if value is not None and not (isinstance(value, (list, tuple)) and value
+                                          and all(isinstance(v, str) and v for v in value)):
+                raise ValueError(f"{where}.{key} must be a non-empty list of strings such as "
+                                 f"['{key}'], got {value!r}")
+        for key, minimum in (("poll_interval", 0.05), ("poll_max", 0.05), ("queue_timeout", 0.1),
+                             ("signal_before_timeout", 1), ("submit_retry_seconds", 0), ("drain_timeout", 0),
+                             ("oom_retry_factor", 1.01)):
+            value = config.get(key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                      or value < minimum):
+                raise ValueError(f"{where}.{key} must be a number >= {minimum}, got {value!r}")
+        for key in ("items_per_job", "max_array_size"):
+            value = config.get(key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"{where}.{key} must be an integer >= 1, got {value!r}")
+        if "arrays" in config and not isinstance(config["arrays"], bool):
+            raise ValueError(f"{where}.arrays must be True or False, got {config['arrays']!r}")
+        if config.get("keep_logs", "on_failure") not in (True, False, "on_failure"):
+            raise ValueError(f"{where}.keep_logs must be True, False or 'on_failure', got {config['keep_logs']!r}")
+        if config.get("oom_max_mem") is not None:
+            resources.validate({"mem": config["oom_max_mem"]}, f"{where}.oom_max_mem")
+        resources.validate({k: v for k, v in config.items() if k in resources.RESOURCE_KEYS}, where)
+        return config
+
+    def default_callback_host(self) -> str:
+        return "0.0.0.0"
+
+    async def advertise_host(self, bind_host: str) -> str:
+        if bind_host not in ("0.0.0.0", "::", ""):
+            return bind_host
+        controller = await _controller_address(self._config)
+        if controller:
+            route = _route_address(controller)
+            if route:
+                return route
+        return socket.getfqdn()
+
+
+async def _controller_address(config: Mapping[str, Any]) -> Optional[str]:
+    from . import commands
+
+    try:
+        _, out, _ = await commands.run([*(config.get("scontrol") or ["scontrol"]), "show", "config"], timeout=15)
+    except Exception:
+        return None
+    match = re.search(r"^SlurmctldHost\[0\]\s*=\s*([^\s(]+)(?:\(([^)]+)\))?", out, re.MULTILINE)
+    if not match:
+        return None
+    return match.group(2) or match.group(1)
+
+
+def _route_address(host: str) -> Optional[str]:
+    """The local address the kernel would use to reach ``host`` (no packet is sent)."""
+    try:
+        family, _, _, _, address = socket.getaddrinfo(host, 6817, type=socket.SOCK_DGRAM)[0]
+        with socket.socket(family, socket.SOCK_DGRAM) as probe:
+            probe.connect(address)
+            return probe.getsockname()[0]
+    except OSError:
+        return None
+
+
+__all__ = ["SlurmExecutor"]

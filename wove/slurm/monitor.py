@@ -1,0 +1,398 @@
+"""One job monitor per Slurm environment: notices jobs that end without reporting, within seconds.
+
+All of the weave's jobs are checked with one ``squeue`` call per interval (plus one ``sacct`` call for jobs
+that already left ``squeue``), never one call per job. The interval starts at the floor (1 s) after each
+submission or state change and stretches while nothing happens. A controller that does not answer is
+retried with backoff and is never mistaken for a failed task; a cluster without accounting is handled by
+relying on ``squeue``/``scontrol`` alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import pwd
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+from ..errors import SlurmCommandError, SlurmQueueTimeoutError
+from . import commands
+from .states import JobInfo, JobState, job_error, parse_duration, parse_exit
+
+log = logging.getLogger("wove.slurm")
+
+_SQUEUE_FIELDS = ("JobID", "JobArrayID", "ArrayTaskID", "State", "Reason", "NodeList", "TimeUsed",
+                  "TimeLimit", "MinMemory", "exit_code", "RestartCnt", "STDERR")
+_SACCT_FIELDS = ("JobID", "State", "ExitCode", "NodeList", "ElapsedRaw", "ReqMem", "Timelimit", "Reason")
+STDERR_TAIL_LINES = 20
+LOST_AFTER_SECONDS = 30.0
+
+
+@dataclass
+class TrackedJob:
+    """A job (or array element) the weave waits on, and the runs (items) it carries."""
+
+    key: str
+    task: str
+    runs: dict[str, Any] = field(default_factory=dict)       # run_id -> RunRecord
+    stderr_path: str = ""
+    requested_memory: str = ""
+    requested_time: str = ""
+    memory_history: list[str] = field(default_factory=list)
+    submitted: float = field(default_factory=time.monotonic)
+    info: Optional[JobInfo] = None
+    terminal_since: Optional[float] = None
+    missing_since: Optional[float] = None
+    held_signal: dict[str, str] = field(default_factory=dict)  # run_id -> signal the worker reported
+    restarts: int = 0
+
+
+class JobMonitor:
+    """Polls Slurm for the state of tracked jobs and reports the ones that died silently."""
+
+    def __init__(self, report: Callable[[str, dict[str, Any]], None], *, squeue: Sequence[str] = ("squeue",),
+                 sacct: Sequence[str] = ("sacct",), scontrol: Sequence[str] = ("scontrol",),
+                 scancel: Sequence[str] = ("scancel",), poll_interval: float = 1.0, poll_max: float = 15.0,
+                 grace: float = 1.0, queue_timeout: Optional[float] = None, callback_url: str = "",
+                 read_stderr: bool = True):
+        self._report = report
+        self.squeue, self.sacct, self.scontrol, self.scancel = list(squeue), list(sacct), list(scontrol), \
+            list(scancel)
+        self.poll_floor = poll_interval
+        self.poll_max = max(poll_max, poll_interval)
+        self.grace = grace
+        self.queue_timeout = queue_timeout
+        self.callback_url = callback_url
+        self.read_stderr = read_stderr
+        self.jobs: dict[str, TrackedJob] = {}
+        self._run_to_key: dict[str, str] = {}
+        self.interval = poll_interval
+        self._quiet_since = time.monotonic()
+        self._wake = asyncio.Event()
+        self._task: Optional[asyncio.Task[None]] = None
+        self.accounting: Optional[bool] = None       # learned on first use of sacct
+        self.calls = {"squeue": 0, "sacct": 0, "scontrol": 0}
+        self.outage_since: Optional[float] = None
+
+    # ------------------------------------------------------------------ tracking
+    def track(self, key: str, task: str, run_id: str, record: Any, *, stderr_path: str = "",
+              requested_memory: str = "", requested_time: str = "",
+              memory_history: Optional[list[str]] = None) -> None:
+        job = self.jobs.get(key)
+        if job is None:
+            job = self.jobs[key] = TrackedJob(key, task, stderr_path=stderr_path,
+                                              requested_memory=requested_memory, requested_time=requested_time,
+                                              memory_history=list(memory_history or []))
+        job.runs[run_id] = record
+        self._run_to_key[run_id] = key
+        self.poke()
+
+    def resolved(self, run_id: str) -> None:
+        """The run's outcome arrived (or the weave cancelled it): stop watching it."""
+        key = self._run_to_key.pop(run_id, None)
+        if key is None:
+            return
+        job = self.jobs.get(key)
+        if job is not None:
+            job.runs.pop(run_id, None)
+            job.held_signal.pop(run_id, None)
+            if not job.runs:
+                del self.jobs[key]
+
+    def key_of(self, run_id: str) -> Optional[str]:
+        return self._run_to_key.get(run_id)
+
+    def hold_cancelled(self, run_id: str, signal_name: str) -> bool:
+        """A worker reported being stopped by a signal: decide once Slurm tells us the job's fate."""
+        key = self._run_to_key.get(run_id)
+        if key is None:
+            return False
+        self.jobs[key].held_signal[run_id] = signal_name or "a signal"
+        self.poke()
+        return True
+
+    def poke(self) -> None:
+        self.interval = self.poll_floor
+        self._quiet_since = time.monotonic()
+        self._wake.set()
+
+    # ------------------------------------------------------------------ loop
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._loop())
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    async def _loop(self) -> None:
+        while True:
+            if not self.jobs:
+                self._wake.clear()
+                await self._wake.wait()
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), self.interval)
+            except asyncio.TimeoutError:
+                pass
+            if not self.jobs:
+                continue
+            try:
+                await self.poll()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # the monitor must survive anything a cluster prints
+                log.exception("wove: Slurm job monitor poll failed")
+            self._adapt_interval()
+
+    def _adapt_interval(self) -> None:
+        if self.outage_since is not None:
+            self.interval = min(max(self.interval * 2, self.poll_floor), 30.0)
+        elif time.monotonic() - self._quiet_since > 30.0:
+            self.interval = min(self.interval * 1.25, self.poll_max)
+        else:
+            self.interval = self.poll_floor
+
+    # ------------------------------------------------------------------ one poll
+    async def poll(self) -> None:
+        keys = list(self.jobs)
+        if not keys:
+            return
+        base_ids = sorted({key.split("_", 1)[0] for key in keys}, key=int)
+        try:
+            infos = await self._squeue(base_ids)
+        except SlurmCommandError as exc:
+            if self.outage_since is None:
+                self.outage_since = time.monotonic()
+                log.warning("wove: squeue failed (%s); retrying with backoff, tasks keep waiting", exc)
+            return
+        if self.outage_since is not None:
+            log.warning("wove: Slurm controller answers again after %.0fs", time.monotonic() - self.outage_since)
+            self.outage_since = None
+        missing = [key for key in keys if key not in infos]
+        if missing:
+            infos.update(await self._sacct(sorted({k.split("_", 1)[0] for k in missing}, key=int)))
+        now = time.monotonic()
+        changed = False
+        for key in keys:
+            job = self.jobs.get(key)
+            if job is None:
+                continue
+            info = infos.get(key)
+            if info is None:
+                changed |= self._missing(job, now)
+                continue
+            job.missing_since = None
+            changed |= self._update(job, info, now)
+        if changed:
+            self._quiet_since = now
+
+    def _missing(self, job: TrackedJob, now: float) -> bool:
+        if job.missing_since is None:
+            job.missing_since = now
+            return False
+        if now - job.missing_since < LOST_AFTER_SECONDS or job.held_signal:
+            if job.held_signal and now - job.missing_since >= self.grace:
+                self._fail(job, JobInfo(job.key, JobState.CANCELLED))
+                return True
+            return False
+        info = JobInfo(job.key, JobState.UNKNOWN, reason="the job left Slurm's queue and accounting has no "
+                       "record of it")
+        self._fail(job, info)
+        return True
+
+    def _update(self, job: TrackedJob, info: JobInfo, now: float) -> bool:
+        previous = job.info
+        job.info = info
+        changed = previous is None or previous.state != info.state
+        for record in job.runs.values():
+            record.state = info.state.value
+            record.reason = info.reason if info.reason not in ("None", "") else record.reason
+            if info.node:
+                record.node = info.node
+            if info.state is JobState.RUNNING and record.started_at is None:
+                record.details.setdefault("slurm_started", time.time())
+        if info.restarts > job.restarts:  # requeued: the job lives on, a new run of it will report
+            job.restarts = info.restarts
+            job.held_signal.clear()
+            job.terminal_since = None
+            return True
+        if info.state.waiting:
+            job.terminal_since = None
+            if job.held_signal and info.state in (JobState.REQUEUED, JobState.REQUEUE_HOLD, JobState.PENDING):
+                job.held_signal.clear()
+            if (info.state is JobState.PENDING and self.queue_timeout is not None
+                    and now - job.submitted > self.queue_timeout):
+                self._queue_timeout(job, info)
+            elif info.state is JobState.PENDING and changed:
+                log.debug("wove: job %s pending (%s)", job.key, info.reason)
+            return changed
+        if not info.state.terminal:
+            job.terminal_since = None
+            return changed
+        if job.terminal_since is None:
+            job.terminal_since = now
+            self._wake.set()  # look again right after the grace period
+            return True
+        if now - job.terminal_since >= self.grace:
+            self._fail(job, info)
+            return True
+        return changed
+
+    def _fail(self, job: TrackedJob, info: JobInfo) -> None:
+        info.requested_memory = info.requested_memory or job.requested_memory
+        info.requested_time = info.requested_time or job.requested_time
+        path = info.stderr_path or job.stderr_path
+        tail = _tail(path) if self.read_stderr and path else ""
+        for run_id, record in list(job.runs.items()):
+            signal_name = job.held_signal.get(run_id, "")
+            if signal_name == "SIGUSR1" and info.state in (JobState.COMPLETED, JobState.FAILED,
+                                                           JobState.CANCELLED):
+                info.state = JobState.TIMEOUT  # USR1 is Slurm's "time is nearly up" warning
+            error = job_error(info, tail, task=job.task, log_path=path if os.path.exists(path) else "",
+                              memory_history=job.memory_history, cancelled_signal=signal_name,
+                              callback_url=self.callback_url)
+            record.state = info.state.value
+            self._report(run_id, {"type": "task_error", "run_id": run_id, "exception": error,
+                                  "error": {"kind": type(error).__name__, "message": str(error),
+                                            "traceback": "", "retryable": False, "source": "executor"}})
+            self.resolved(run_id)
+
+    def _queue_timeout(self, job: TrackedJob, info: JobInfo) -> None:
+        waited = time.monotonic() - job.submitted
+        message = (f"Slurm job {job.key} (task {job.task!r}) was still pending after {waited:.0f}s "
+                   f"(queue_timeout={self.queue_timeout}s), reason: {info.reason or 'unknown'}; it was "
+                   "cancelled. Ask for fewer resources, another partition, or raise queue_timeout")
+        error = SlurmQueueTimeoutError(message, job_id=info.job_id, array_index=info.array_index,
+                                       state=info.state.value, reason=info.reason)
+        asyncio.get_running_loop().create_task(self._scancel([job.key]))
+        for run_id in list(job.runs):
+            self._report(run_id, {"type": "task_error", "run_id": run_id, "exception": error,
+                                  "error": {"kind": type(error).__name__, "message": message, "traceback": "",
+                                            "retryable": False, "source": "executor"}})
+            self.resolved(run_id)
+
+    async def _scancel(self, keys: list[str]) -> None:
+        try:
+            await commands.run([*self.scancel, *keys], timeout=30.0)
+        except SlurmCommandError as exc:
+            log.warning("wove: scancel %s failed: %s", " ".join(keys), exc)
+
+    # ------------------------------------------------------------------ Slurm queries
+    async def _squeue(self, base_ids: list[str]) -> dict[str, JobInfo]:
+        self.calls["squeue"] += 1
+        fmt = ",".join(f"{name}:|" for name in _SQUEUE_FIELDS)
+        code, out, err = await commands.run(
+            [*self.squeue, "--noheader", "--array", "--states=all", f"--jobs={','.join(base_ids)}",
+             f"--Format={fmt}"], timeout=30.0, check=False)
+        if code != 0:
+            if "Invalid job id" in err:
+                return {}  # every job already left the controller: sacct will know
+            raise SlurmCommandError(f"squeue failed with exit code {code}: {err.strip()}", self.squeue, code, err)
+        infos = {}
+        for line in out.splitlines():
+            parts = line.split("|")
+            if len(parts) < len(_SQUEUE_FIELDS):
+                continue
+            row = dict(zip(_SQUEUE_FIELDS, (p.strip() for p in parts)))
+            key = row["JobArrayID"] or row["JobID"]   # "123_4" for array elements, "123" otherwise
+            status = int(row["exit_code"]) if row["exit_code"].isdigit() else None
+            exit_code, signal = (status >> 8, (status & 0x7F) or None) if status is not None else (None, None)
+            infos[key] = JobInfo(
+                key=key, state=JobState.parse(row["State"]), reason=row["Reason"], node=row["NodeList"],
+                exit_code=exit_code, signal=signal, elapsed=parse_duration(row["TimeUsed"]),
+                requested_memory=_mem_text(row["MinMemory"]), requested_time=row["TimeLimit"],
+                stderr_path=_expand(row["STDERR"], row), restarts=int(row["RestartCnt"] or 0)
+                if row["RestartCnt"].isdigit() else 0)
+        return infos
+
+    async def active_jobs(self, base_ids: list[str]) -> list[str]:
+        """Keys of the given jobs that are still pending, running or completing."""
+        infos = await self._squeue(base_ids)
+        return [key for key, info in infos.items() if not info.state.terminal]
+
+    async def _sacct(self, base_ids: list[str]) -> dict[str, JobInfo]:
+        if self.accounting is False:
+            return {}
+        self.calls["sacct"] += 1
+        try:
+            code, out, err = await commands.run(
+                [*self.sacct, "--noheader", "--parsable2", "--allocations", f"--jobs={','.join(base_ids)}",
+                 f"--format={','.join(_SACCT_FIELDS)}"], timeout=30.0, check=False)
+        except SlurmCommandError:  # sacct not installed
+            self.accounting = False
+            return {}
+        if code != 0:
+            if "accounting storage is disabled" in err.lower() or "not configured" in err.lower():
+                self.accounting = False
+            return {}
+        self.accounting = True
+        infos = {}
+        for line in out.splitlines():
+            parts = line.split("|")
+            if len(parts) < len(_SACCT_FIELDS):
+                continue
+            row = dict(zip(_SACCT_FIELDS, parts))
+            exit_code, signal = parse_exit(row["ExitCode"])
+            state_text = row["State"]
+            by = ""
+            if " by " in state_text:
+                by = _user_name(state_text.split(" by ", 1)[1].strip())
+            infos[row["JobID"]] = JobInfo(
+                key=row["JobID"], state=JobState.parse(state_text), reason=row["Reason"], node=row["NodeList"],
+                exit_code=exit_code, signal=signal,
+                elapsed=float(row["ElapsedRaw"]) if row["ElapsedRaw"].isdigit() else None,
+                requested_memory=row["ReqMem"], requested_time=row["Timelimit"], cancelled_by=by)
+        return infos
+
+    async def job_details(self, key: str) -> dict[str, str]:
+        """``scontrol show job`` fields for one job (used for messages and by the doctor)."""
+        self.calls["scontrol"] += 1
+        code, out, _ = await commands.run([*self.scontrol, "--oneliner", "show", "job", key], timeout=30.0,
+                                          check=False)
+        if code != 0:
+            return {}
+        fields: dict[str, str] = {}
+        for token in out.split():
+            name, sep, value = token.partition("=")
+            if sep:
+                fields.setdefault(name, value)
+        return fields
+
+
+def _mem_text(value: str) -> str:
+    value = value.strip()
+    return value if not value or value[-1].isalpha() else f"{value}M"
+
+
+def _expand(path: str, row: dict[str, str]) -> str:
+    """Replace the filename patterns sbatch understands (%j, %A, %a) with this job's values."""
+    if "%" not in path:
+        return path
+    job = row["JobID"]
+    array_job = row["JobArrayID"].split("_", 1)[0]
+    return path.replace("%A", array_job).replace("%a", row["ArrayTaskID"]).replace("%j", job)
+
+
+def _tail(path: str, lines: int = STDERR_TAIL_LINES) -> str:
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            size = handle.tell()
+            handle.seek(max(0, size - 64 * 1024))
+            data = handle.read().decode(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(data.splitlines()[-lines:])
+
+
+def _user_name(uid_text: str) -> str:
+    try:
+        return pwd.getpwuid(int(uid_text)).pw_name
+    except (ValueError, KeyError):
+        return uid_text

@@ -1,0 +1,187 @@
+"""Slurm resources as data: validated once, turned into ``sbatch`` options in one place.
+
+The same keys work in an environment's ``executor_config`` and per task with
+``@w.do(environment="slurm", resources={...})``; the task's values win, and ``sbatch_args`` / ``setup`` lines
+add to the environment's. Every key is checked before anything is submitted, with the valid forms in the
+error, so a typo never becomes a job that fails in the queue.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from collections.abc import Mapping
+from typing import Any, Callable, Optional
+
+_TIME = re.compile(r"^(\d+-)?\d+(:\d{1,2}){0,2}$")
+_MEM = re.compile(r"^(\d+(?:\.\d+)?)\s*([KMGT]?)B?$", re.IGNORECASE)
+_NODES = re.compile(r"^\d+(-\d+)?$")
+_GPUS = re.compile(r"^([A-Za-z0-9_.-]+:)?\d+$")
+_UNITS = {"": 1, "K": 1 / 1024, "M": 1, "G": 1024, "T": 1024 * 1024}
+
+
+def _text(key: str, value: Any) -> str:
+    if not isinstance(value, str) or not value.strip() or any(c in value for c in "\n\r"):
+        raise ValueError(f"resources[{key!r}] must be a non-empty single-line string, got {value!r}")
+    return value.strip()
+
+
+def _positive_int(key: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"resources[{key!r}] must be a positive integer, got {value!r}")
+    return value
+
+
+def _time(key: str, value: Any) -> str:
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return str(value)  # minutes, as sbatch reads a bare number
+    if isinstance(value, str) and _TIME.match(value.strip()):
+        return value.strip()
+    raise ValueError(f"resources[{key!r}] must be minutes (int) or a Slurm time string such as '30', "
+                     f"'10:00' (MM:SS), '2:00:00' (HH:MM:SS) or '1-12:00:00' (D-HH:MM:SS); got {value!r}")
+
+
+def _mem(key: str, value: Any) -> str:
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return f"{value}M"
+    if isinstance(value, str):
+        match = _MEM.match(value.strip())
+        if match and float(match.group(1)) > 0:
+            number, unit = match.group(1), match.group(2).upper()
+            if "." in number:  # sbatch wants integers: express fractions in the next smaller unit
+                return f"{max(1, round(mem_mb(value)))}M"
+            return f"{number}{unit or 'M'}"
+    raise ValueError(f"resources[{key!r}] must be megabytes (int) or a size such as '500M', '4G', '1T'; "
+                     f"got {value!r}")
+
+
+def _nodes(key: str, value: Any) -> str:
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return str(value)
+    if isinstance(value, str) and _NODES.match(value.strip()):
+        return value.strip()
+    raise ValueError(f"resources[{key!r}] must be a positive integer or a range such as '2-4', got {value!r}")
+
+
+def _gpus(key: str, value: Any) -> str:
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return str(value)
+    if isinstance(value, str) and _GPUS.match(value.strip()):
+        return value.strip()
+    raise ValueError(f"resources[{key!r}] must be a count (int) or 'type:count' such as 'a100:2', got {value!r}")
+
+
+def _names(key: str, value: Any) -> str:
+    if isinstance(value, (list, tuple)) and value and all(isinstance(v, str) and v for v in value):
+        return ",".join(value)
+    return _text(key, value)
+
+
+def _lines(key: str, value: Any) -> list[str]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        raise ValueError(f"resources[{key!r}] must be a list of strings, got {value!r}")
+    return list(value)
+
+
+#: key -> (validator, sbatch option or None for keys handled specially)
+RESOURCE_KEYS: dict[str, tuple[Callable[[str, Any], Any], Optional[str]]] = {
+    "partition": (_text, "--partition"),
+    "account": (_text, "--account"),
+    "qos": (_text, "--qos"),
+    "time": (_time, "--time"),
+    "cpus_per_task": (_positive_int, "--cpus-per-task"),
+    "mem": (_mem, "--mem"),
+    "gpus": (_gpus, "--gpus"),
+    "gres": (_text, "--gres"),
+    "nodes": (_nodes, "--nodes"),
+    "ntasks": (_positive_int, "--ntasks"),
+    "constraint": (_text, "--constraint"),
+    "exclude": (_names, "--exclude"),
+    "reservation": (_text, "--reservation"),
+    "sbatch_args": (_lines, None),
+    "setup": (_lines, None),
+}
+_ADDITIVE = ("sbatch_args", "setup")
+_RESERVED_ARGS = ("--wrap", "--array", "--parsable", "--output", "--error", "-o", "-e", "-a")
+
+
+def validate(resources: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """Normalize a resources dict; unknown keys and bad values raise ``ValueError`` naming the valid forms."""
+    from .._config import unknown_key_message
+
+    if not isinstance(resources, Mapping):
+        raise ValueError(f"{where}: resources must be a dict such as {{'mem': '4G', 'time': '30:00'}}, "
+                         f"got {resources!r}")
+    clean: dict[str, Any] = {}
+    for key, value in resources.items():
+        if key.startswith("_"):  # internal bookkeeping (e.g. memory sizes tried), not user input
+            clean[key] = value
+            continue
+        if key not in RESOURCE_KEYS:
+            raise ValueError(f"{where}: " + unknown_key_message("Slurm resource", key, RESOURCE_KEYS))
+        if value is None:
+            continue
+        try:
+            clean[key] = RESOURCE_KEYS[key][0](key, value)
+        except ValueError as exc:
+            raise ValueError(f"{where}: {exc}") from None
+    for arg in clean.get("sbatch_args", []):
+        option = arg.split("=", 1)[0]
+        if option in _RESERVED_ARGS:
+            raise ValueError(f"{where}: sbatch_args may not contain {option}: wove sets it itself "
+                             "(use log_dir for output files, and map a task to get job arrays)")
+        if option == "--export" and not any(v in arg for v in ("ALL", "WOVE_BACKEND_PAYLOAD")):
+            raise ValueError(f"{where}: {arg!r} would keep WOVE_BACKEND_PAYLOAD from reaching the job; use "
+                             "--export=ALL or list WOVE_BACKEND_PAYLOAD in it")
+    return clean
+
+
+def merge(base: Mapping[str, Any], override: Optional[Mapping[str, Any]]) -> dict[str, Any]:
+    """Environment resources overlaid with a task's (a new dict: nothing leaks between tasks)."""
+    merged = {key: (list(value) if isinstance(value, list) else value) for key, value in base.items()
+              if key in RESOURCE_KEYS}
+    for key, value in (override or {}).items():
+        if key in _ADDITIVE:
+            merged[key] = [*merged.get(key, []), *value]
+        else:
+            merged[key] = value
+    return merged
+
+
+def sbatch_options(resources: Mapping[str, Any]) -> list[str]:
+    """``--option=value`` arguments for everything except ``setup``."""
+    args = []
+    for key, (_, option) in RESOURCE_KEYS.items():
+        if option is not None and key in resources:
+            args.append(f"{option}={resources[key]}")
+    args.extend(resources.get("sbatch_args", []))
+    return args
+
+
+def batch_script(command: str, setup: list[str]) -> str:
+    """The job script used when ``setup`` lines must run before the worker (sbatch reads it on stdin)."""
+    lines = ["#!/bin/bash", "set -e", *setup, f"exec {command}"]
+    return "\n".join(lines) + "\n"
+
+
+def signature(resources: Mapping[str, Any]) -> str:
+    """A stable key: calls with equal resources can share one array job."""
+    return repr(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in resources.items()
+                       if not k.startswith("_")))
+
+
+def mem_mb(text: str) -> float:
+    match = _MEM.match(str(text).strip())
+    if not match:
+        raise ValueError(f"not a memory size: {text!r}")
+    return float(match.group(1)) * _UNITS[match.group(2).upper()]
+
+
+def scale_mem(text: str, factor: float) -> str:
+    return f"{max(1, int(mem_mb(text) * factor))}M"
+
+
+def quote(command: str) -> str:
+    return shlex.quote(command)
