@@ -15,7 +15,7 @@ import sys
 import threading
 from typing import Any, BinaryIO
 
-from .dispatch.worker import _context, _dumps, _error_fields, version_mismatch
+from .dispatch.worker import _context, _dumps, _error_fields, _extend_import_path, version_mismatch
 
 
 class StdioWorker:
@@ -65,6 +65,7 @@ class StdioWorker:
             interval = (frame.get("delivery") or {}).get("heartbeat_seconds")
             if interval:
                 heartbeat = self.loop.create_task(self._heartbeat(base, float(interval)))
+            _extend_import_path(frame.get("sys_path"))
             try:
                 func = pickle.loads(base64.b64decode(frame["callable_pickle"]))
                 args, kwargs = pickle.loads(base64.b64decode(frame["args_pickle"]))

@@ -276,6 +276,15 @@ def version_mismatch(payload: dict[str, Any]) -> Optional[str]:
     return None
 
 
+def _extend_import_path(entries: Any) -> None:
+    """Append the submitter's import directories that exist here, after the job's own (which win)."""
+    if not isinstance(entries, list):
+        return
+    for entry in entries:
+        if isinstance(entry, str) and entry not in sys.path and os.path.isdir(entry):
+            sys.path.append(entry)
+
+
 def _context() -> dict[str, Any]:
     env = os.environ
     info = {"host": socket.gethostname(), "pid": os.getpid()}
@@ -312,6 +321,7 @@ def execute(payload: dict[str, Any], *, sender: Optional[EventSender] = None,
     if interval:
         heartbeat = _Heartbeat(sender, float(interval))
         heartbeat.start()
+    _extend_import_path(payload.get("sys_path"))
     try:
         try:
             func = pickle.loads(base64.b64decode(payload["callable_pickle"]))

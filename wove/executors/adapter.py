@@ -296,6 +296,8 @@ class BackendAdapterEnvironmentExecutor(EnvironmentExecutor):
             "max_body": self._receiver.max_body if self._receiver is not None else 0,
             "spool_dir": self.spool_dir,
             "result_channel": config.get("result_channel", "http"),
+            # Functions pickled by reference import on the job when it can see the same directories.
+            "sys_path": import_path(),
         }
         if payload["result_channel"] == "filesystem":
             payload["events_dir"] = self.events_dir
@@ -336,6 +338,13 @@ class BackendAdapterEnvironmentExecutor(EnvironmentExecutor):
         frame = self._gate.decode(run_id, event, int(incarnation), body)
         if frame is not None:
             self._on_verified(frame)
+
+
+def import_path() -> list[str]:
+    """The submitter's import path as absolute directories (the job appends those it can see)."""
+    import sys
+
+    return [os.path.abspath(entry or os.getcwd()) for entry in sys.path if isinstance(entry, str)]
 
 
 def protocol_json_loads(data: bytes) -> Any:

@@ -19,7 +19,7 @@ from typing import Any, Optional
 
 from ..dispatch import protocol
 from ..errors import EnvironmentExecutionError, ExecutorStartError
-from .adapter import cloudpickle_module
+from .adapter import cloudpickle_module, import_path
 from .base import EnvironmentExecutor
 
 _LINE_LIMIT = 1 << 30   # a 100 MB result is one (base64) line
@@ -104,6 +104,7 @@ class StdioExecutor(EnvironmentExecutor):
                 "callable_pickle": base64.b64encode(cloudpickle.dumps(frame["callable"])).decode("ascii"),
                 "args_pickle": base64.b64encode(cloudpickle.dumps(tuple(frame.get("args") or ((), {})))).decode(),
                 **self._versions,
+                "sys_path": import_path(),
             }
         elif kind == "cancel_task":
             wire = {"type": "cancel_task", "run_id": frame["run_id"]}
