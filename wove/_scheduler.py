@@ -72,7 +72,8 @@ class Runtime:
     """Runs one planned weave. Created per weave run; not reusable."""
 
     def __init__(self, plan: Plan, init_data: dict[str, Any], resolver: _config.Resolver,
-                 result: WoveResult, *, max_workers: int, error_mode: str, max_pending: Optional[int]):
+                 result: WoveResult, *, max_workers: int, error_mode: str, max_pending: Optional[int],
+                 progress: bool = False):
         self.plan = plan
         self.init_data = init_data
         self.resolver = resolver
@@ -80,6 +81,7 @@ class Runtime:
         self.max_workers = max_workers
         self.error_mode = error_mode
         self.max_pending = max_pending
+        self.progress = progress
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
         self._pool: Optional[ThreadPoolExecutor] = None
         self._environments: dict[str, asyncio.Future[Any]] = {}
@@ -152,10 +154,17 @@ class Runtime:
     async def run(self) -> None:
         self.loop = asyncio.get_running_loop()
         token = _current_runtime.set(self)
+        progress = None
+        if self.progress:
+            from ._progress import Progress
+            progress = Progress(self.result)
+            progress.start()
         try:
             await self._schedule()
         finally:
             try:
+                if progress is not None:
+                    await progress.stop()
                 await self._close_environments()
             finally:
                 if self._pool is not None:

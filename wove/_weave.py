@@ -217,8 +217,22 @@ class WeaveContext:
         runtime = Runtime(planned, self._init, self._resolver, result,
                           max_workers=self._resolver.weave_value("max_workers"),
                           error_mode=self._resolver.weave_value("error_mode"),
-                          max_pending=self._resolver.weave_value("max_pending"))
+                          max_pending=self._resolver.weave_value("max_pending"),
+                          progress=self._wants_progress(planned))
         return runtime
+
+    def _wants_progress(self, planned: Plan) -> bool:
+        """``progress`` from the weave (or config), or set on an environment one of the tasks uses."""
+        if self._resolver.weave_value("progress"):
+            return True
+        if self._options.get("progress") is False:
+            return False
+        used = {self._resolver.environment_name(spec.options.get("environment")) for spec in planned.tasks.values()}
+        return any(self._resolver.environments[name].get("progress") for name in used)
+
+    def _report_jobs(self) -> None:
+        if self._debug and self.result._jobs:
+            print(jobs_report(self.result), file=sys.stdout, flush=True)
 
     def _raise_if_failed(self) -> None:
         if self.result._error_mode == "raise" and self.result.exception is not None:
@@ -233,7 +247,10 @@ class WeaveContext:
         runtime = self._prepare()
         if self._start_background(runtime):
             return None
-        _run_sync(runtime.run())
+        try:
+            _run_sync(runtime.run())
+        finally:
+            self._report_jobs()
         self._raise_if_failed()
         return None
 
@@ -246,7 +263,10 @@ class WeaveContext:
         runtime = self._prepare()
         if self._start_background(runtime):
             return None
-        await runtime.run()
+        try:
+            await runtime.run()
+        finally:
+            self._report_jobs()
         self._raise_if_failed()
         return None
 
@@ -323,6 +343,23 @@ def debug_report(planned: Plan, resolver: _config.Resolver, init_data: dict[str,
     lines.append("plan (dependency levels; each task starts as soon as its own inputs are ready):")
     for level, tier in enumerate(planned.tiers):
         lines.append(f"  level {level}: {', '.join(tier)}")
+    return "\n".join(lines)
+
+
+def jobs_report(result: WoveResult) -> str:
+    """The remote runs behind each task (job ids, states, nodes, queue wait and run time)."""
+    lines = ["--- wove remote runs ---"]
+    for name, records in result._jobs.items():
+        lines.append(f"  {name}: {len(records)} run(s)")
+        for record in records[:50]:
+            where = f"item {record.map_index} " if record.map_index is not None else ""
+            wait = f"{record.queue_wait:.2f}s" if record.queue_wait is not None else "-"
+            ran = f"{record.run_time:.2f}s" if record.run_time is not None else "-"
+            reason = f" reason={record.reason}" if record.reason and record.reason != "None" else ""
+            lines.append(f"    {where}job {record.job_id or '-'} attempt {record.attempt} {record.state} "
+                         f"node={record.node or '-'} queue_wait={wait} run_time={ran}{reason}")
+        if len(records) > 50:
+            lines.append(f"    ... {len(records) - 50} more")
     return "\n".join(lines)
 
 

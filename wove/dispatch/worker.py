@@ -447,5 +447,5 @@ def main(argv: list[str]) -> int:
     except (protocol.PayloadError, ValueError) as exc:
         print(f"wove.backend_worker: {exc}", file=sys.stderr)
         return EXIT_BAD_PAYLOAD
-    cpus = int(os.environ.get("SLURM_CPUS_PER_TASK") or 0) or len(payloads)
+    cpus = int(os.environ.get("SLURM_CPUS_PER_TASK") or os.environ.get("WOVE_ITEM_PARALLELISM") or 1)
     return run_payloads(payloads, max_parallel=min(cpus, len(payloads)))

@@ -210,6 +210,7 @@ class SlurmAdapter(BackendAdapter):
                 record.array_job_id = None
             record.state = "PENDING"
             record.details["stderr"] = stderr_path
+            record.details["submit_done"] = time.perf_counter()
         if item.cancelled:  # cancelled while sbatch ran: nobody waits for this job
             self._queue_cancel(key)
         elif not item.future.done():
