@@ -29,6 +29,9 @@ def merge(fn: Callable[..., Any], iterable: Optional[Any] = None, **options: Any
 
     runtime = _require_runtime()
     validate_task_options(options, mapped=iterable is not None, name=getattr(fn, "__name__", ""))
+    if options.get("resources") is not None:
+        from ._weave import validate_resources
+        options["resources"] = validate_resources(runtime.resolver, options, f"merge({getattr(fn, '__name__', fn)})")
     if iterable is not None and (isinstance(iterable, (str, bytes)) or not hasattr(iterable, "__iter__")):
         raise TypeError(f"merge() maps over an iterable; got {type(iterable).__name__} {iterable!r}")
     coro = _merge(runtime, fn, iterable, options)

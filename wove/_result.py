@@ -99,9 +99,10 @@ class WoveResult:
         return self._read(name)
 
     def __getattr__(self, name: str) -> Any:
-        if name.startswith("_"):
+        state = self.__dict__
+        if name.startswith("__") or "_order" not in state:  # internals (copy, pickle) and half-built objects
             raise AttributeError(name)
-        if name not in self._order and name not in self._init:
+        if name not in state["_order"] and name not in state["_init"]:
             raise AttributeError(f"{name!r} is not a task or init value of this weave; "
                                  f"tasks: {', '.join(self._order) or 'none'}")
         return self._read(name)

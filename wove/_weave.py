@@ -49,6 +49,20 @@ def validate_task_options(options: dict[str, Any], *, mapped: bool, name: str = 
     return options
 
 
+def validate_resources(resolver: _config.Resolver, options: dict[str, Any], where: str) -> dict[str, Any]:
+    """Check ``resources=`` against the executor of the environment the task runs in, before anything runs."""
+    environment = resolver.environment_name(options.get("environment"))
+    executor = resolver.environments[environment]["executor"]
+    if isinstance(executor, str):
+        executor = _config.executor_class(executor)
+    check = getattr(executor, "validate_resources", None)
+    if check is None:
+        raise ValueError(f"{where}: resources={options['resources']!r} only apply to environments whose "
+                         f"executor schedules resources (such as 'slurm'); environment {environment!r} runs "
+                         f"tasks with {executor if isinstance(executor, str) else type(executor).__name__}")
+    return check(options["resources"], where)
+
+
 def _split_do_arguments(args: tuple[Any, ...]) -> tuple[Any, Optional[Callable[..., Any]]]:
     """Return (map_source, function-if-bare-decorator) from ``do``'s positional arguments."""
     if len(args) > 1:
@@ -201,6 +215,8 @@ class WeaveContext:
             env = spec.options.get("environment")
             if env is not None:
                 self._resolver.check_environment(env, f"task {name!r}")
+            if spec.options.get("resources") is not None:
+                spec.options["resources"] = validate_resources(self._resolver, spec.options, f"task {name!r}")
         self._tasks.pop(name, None)
         self._tasks[name] = spec
 

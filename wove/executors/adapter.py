@@ -197,9 +197,10 @@ class BackendAdapterEnvironmentExecutor(EnvironmentExecutor):
             self._poller.cancel()
             await asyncio.gather(self._poller, return_exceptions=True)
             self._poller = None
-        adapter, self.adapter = self.adapter, None
+        adapter, self._closing = self.adapter, True
         try:
-            if adapter is not None:
+            if adapter is not None and not getattr(adapter, "_closed", False):
+                adapter._closed = True  # the adapter stays readable (e.g. its submission record)
                 await adapter.close()
         finally:
             if self._receiver is not None:

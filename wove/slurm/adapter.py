@@ -174,7 +174,7 @@ class SlurmAdapter(BackendAdapter):
         setup = task_resources.get("setup") or []
         if setup:
             return [], resources.batch_script(self.command, setup).encode()
-        return ["--wrap", self.command], None
+        return ["--wrap", _exec(self.command)], None
 
     async def _submit_single(self, batch: _Batch, item: _Item) -> None:
         task_resources = resources.merge(batch.resources, item.frame.get("resources") or {})
@@ -243,7 +243,8 @@ class SlurmAdapter(BackendAdapter):
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 10.0)
         job_id = commands.parse_job_id(out)
-        self.submissions.append({"argv": [a for a in argv if a != self.command], "items": items,
+        self.submissions.append({"argv": [a for a in argv if a not in (self.command, _exec(self.command))],
+                                 "items": items,
                                  "job_id": job_id})
         return job_id
 
@@ -386,6 +387,14 @@ class _NullRecord:
         self.details: dict[str, Any] = {}
         self.state = self.reason = self.node = ""
         self.started_at = None
+
+
+def _exec(command: str) -> str:
+    """``exec <command>`` for a simple command, so the worker *is* the batch shell and receives the
+    ``--signal=B:...`` warning itself; compound shell commands are left as they are."""
+    if any(char in command for char in ";&|<>()$`\n") or command.startswith("exec "):
+        return command
+    return f"exec {command}"
 
 
 def _job_name(task: str) -> str:

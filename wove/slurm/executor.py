@@ -78,6 +78,11 @@ class SlurmExecutor(BackendAdapterEnvironmentExecutor):
         resources.validate({k: v for k, v in config.items() if k in resources.RESOURCE_KEYS}, where)
         return config
 
+    @staticmethod
+    def validate_resources(task_resources: Any, where: str) -> dict[str, Any]:
+        """Per-task ``resources={...}``: the same keys and forms as the environment's."""
+        return resources.validate(task_resources, where)
+
     def default_callback_host(self) -> str:
         return "0.0.0.0"
 

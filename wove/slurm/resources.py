@@ -162,7 +162,8 @@ def sbatch_options(resources: Mapping[str, Any]) -> list[str]:
 
 def batch_script(command: str, setup: list[str]) -> str:
     """The job script used when ``setup`` lines must run before the worker (sbatch reads it on stdin)."""
-    lines = ["#!/bin/bash", "set -e", *setup, f"exec {command}"]
+    last = command if any(c in command for c in ";&|<>()$`") or command.startswith("exec ") else f"exec {command}"
+    lines = ["#!/bin/bash", "set -e", *setup, last]
     return "\n".join(lines) + "\n"
 
 

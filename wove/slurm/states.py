@@ -155,8 +155,13 @@ def job_error(info: JobInfo, stderr_tail: str = "", *, task: str = "", log_path:
     elif state is JobState.TIMEOUT or state is JobState.DEADLINE:
         cls = errors.SlurmTimeLimitError
         limit = info.requested_time or "its time limit"
-        message = (f"{where} hit its time limit of {limit} (state {state.value}{node}{elapsed}); raise time "
-                   f"(resources={{'time': ...}}) or split the work into shorter tasks")
+        if cancelled_signal == "SIGUSR1":
+            message = (f"{where} was warned with SIGUSR1 that its time limit of {limit} was near and stopped"
+                       f"{node}{elapsed}; raise time (resources={{'time': ...}}) or split the work into shorter "
+                       "tasks")
+        else:
+            message = (f"{where} hit its time limit of {limit} (state {state.value}{node}{elapsed}); raise time "
+                       f"(resources={{'time': ...}}) or split the work into shorter tasks")
     elif state is JobState.NODE_FAIL:
         cls = errors.SlurmNodeFailError
         message = (f"{where} was lost because node {info.node or '?'} failed or was set down{elapsed}; "
