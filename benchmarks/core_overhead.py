@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from wove import weave  # noqa: E402
+from wove import weave
 
 WORKERS = 256  # wove's default max_workers; the thread-pool baseline uses the same
 

@@ -29,8 +29,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import wove  # noqa: E402
-from wove import weave  # noqa: E402
+import wove
+from wove import weave
 
 PYTHON = sys.executable
 

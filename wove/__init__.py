@@ -51,16 +51,22 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # static type checkers see the real names
-    from ._config import config
-    from ._merge import merge, sync_to_async
-    from ._result import WoveResult
-    from ._weave import Weave, weave
-    from .errors import (
-        DeliveryOrphanedError,
-        DeliveryTimeoutError,
-        EnvironmentExecutionError,
-        MissingDispatchFeatureError,
-    )
-    from .executors.adapter import BackendAdapter, BackendAdapterEnvironmentExecutor
-    from .executors.base import EnvironmentExecutor
-    from .helpers import batch, denone, flatten, fold, redict, undict
+    from ._config import config as config
+    from ._merge import merge as merge
+    from ._merge import sync_to_async as sync_to_async
+    from ._result import WoveResult as WoveResult
+    from ._weave import Weave as Weave
+    from ._weave import weave as weave
+    from .errors import DeliveryOrphanedError as DeliveryOrphanedError
+    from .errors import DeliveryTimeoutError as DeliveryTimeoutError
+    from .errors import EnvironmentExecutionError as EnvironmentExecutionError
+    from .errors import MissingDispatchFeatureError as MissingDispatchFeatureError
+    from .executors.adapter import BackendAdapter as BackendAdapter
+    from .executors.adapter import BackendAdapterEnvironmentExecutor as BackendAdapterEnvironmentExecutor
+    from .executors.base import EnvironmentExecutor as EnvironmentExecutor
+    from .helpers import batch as batch
+    from .helpers import denone as denone
+    from .helpers import flatten as flatten
+    from .helpers import fold as fold
+    from .helpers import redict as redict
+    from .helpers import undict as undict

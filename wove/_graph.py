@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import difflib
 import inspect
-from inspect import CO_COROUTINE
-from types import FunctionType, MethodType
 from collections.abc import Iterable
 from dataclasses import dataclass
+from inspect import CO_COROUTINE
+from types import FunctionType, MethodType
 from typing import Any, Callable, Optional
 
 from .errors import DependencyCycleError, TaskDefinitionError, UnresolvedSignatureError
@@ -30,8 +30,19 @@ POSITIONAL_ONLY, POSITIONAL_OR_KEYWORD, KEYWORD_ONLY = "positional_only", "posit
 class TaskSpec:
     """One registered task: the function, how it is mapped, and the options it set explicitly."""
 
-    __slots__ = ("name", "func", "options", "map_source", "is_async", "params", "dependencies", "inputs",
-                 "item_first", "item_param", "positional")
+    __slots__ = (
+        "dependencies",
+        "func",
+        "inputs",
+        "is_async",
+        "item_first",
+        "item_param",
+        "map_source",
+        "name",
+        "options",
+        "params",
+        "positional",
+    )
 
     def __init__(self, name: str, func: Callable[..., Any], options: dict[str, Any], map_source: Any = None,
                  is_async: bool = False, params: Optional[list[Param]] = None):
@@ -125,7 +136,7 @@ def is_async_callable(func: Callable[..., Any]) -> bool:
     while hasattr(target, "func") and not inspect.isfunction(target):  # functools.partial
         target = target.func
     return inspect.iscoroutinefunction(target) or inspect.iscoroutinefunction(
-        getattr(target, "__call__", None))
+        getattr(type(target), "__call__", None))  # noqa: B004 (async __call__)
 
 
 def _resolve_parameters(spec: TaskSpec, available: set[str]) -> tuple[list[str], list[str], list[str]]:
@@ -215,7 +226,7 @@ def _find_cycle(stuck: list[str], dependencies: dict[str, list[str]]) -> list[st
         seen[node] = len(path)
         path.append(node)
         node = next(d for d in dependencies[node] if d in stuck_set)
-    cycle = path[seen[node]:] + [node]
+    cycle = [*path[seen[node]:], node]
     cycle.reverse()  # read as "a feeds b feeds c"
     return cycle
 

@@ -13,13 +13,12 @@ import textwrap
 import time
 
 import pytest
+from slurm_helpers import all_jobs, squeue_jobs, wait_until
 
 import wove
 import wove.slurm
 from wove import weave
 from wove.errors import SlurmCommandError
-
-from slurm_helpers import all_jobs, squeue_jobs, wait_until
 
 
 class RemoteBoom(Exception):

@@ -192,7 +192,7 @@ def test_invalid_resources_fail_before_anything_is_submitted(executor, prefix, r
 
 
 def test_invalid_environment_resources_fail_at_config_time(tmp_path):
-    with pytest.raises(ValueError, match="'partiton'. Did you mean 'partition'"):
+    with pytest.raises(ValueError, match=r"'partiton'\. Did you mean 'partition'"):
         wove.config(environments={"slurm": {"executor": "slurm", "executor_config": {"partiton": "x"}}})
 
 

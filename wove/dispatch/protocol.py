@@ -12,17 +12,16 @@ someone reach the endpoint but not forge, replay or alter any event.
 
 from __future__ import annotations
 
-TYPE_CHECKING = False
-if TYPE_CHECKING:  # keep remote jobs from importing typing at start-up
-    from collections.abc import Sequence
-    from typing import Any, Optional
-
 import base64
 import hashlib
 import hmac
 import json
 import os
 import sys
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # keep remote jobs from importing typing at start-up
+    from typing import Any, Optional
 
 PAYLOAD_VERSION = 1
 PAYLOAD_ENV = "WOVE_BACKEND_PAYLOAD"

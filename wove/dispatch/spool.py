@@ -7,13 +7,13 @@ file with an offset table, so each Slurm array element reads only its own share.
 
 from __future__ import annotations
 
+import os
+import struct
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # keep remote jobs from importing typing at start-up
     from collections.abc import Sequence
-    from typing import Any, Optional
-
-import os
-import struct
+    from typing import Optional
 
 ARRAY_MAGIC = b"WOVEARR1"
 _HEADER = struct.Struct("<8sQQ")      # magic, item count, items per element

@@ -64,8 +64,17 @@ class RunRecord:
 
 
 class _Run:
-    __slots__ = ("run_id", "call", "future", "record", "started", "last_event", "cancel_requested", "acked",
-                 "settings")
+    __slots__ = (
+        "acked",
+        "call",
+        "cancel_requested",
+        "future",
+        "last_event",
+        "record",
+        "run_id",
+        "settings",
+        "started",
+    )
 
     def __init__(self, run_id: str, call: Any, future: asyncio.Future[Any], record: RunRecord):
         self.run_id = run_id
