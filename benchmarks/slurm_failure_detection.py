@@ -23,10 +23,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import wove  # noqa: E402
-from wove import weave  # noqa: E402
-from wove.errors import SlurmJobError  # noqa: E402
-from wove.slurm.executor import SlurmExecutor  # noqa: E402
+import wove
+from wove import weave
+from wove.errors import SlurmJobError
+from wove.slurm.executor import SlurmExecutor
 
 
 def sigkill(stamp):
