@@ -78,12 +78,13 @@ def query_load(items: int, window: float, poll_interval: float) -> tuple[dict[st
     instance = SlurmExecutor()
     wove.config(environments={"slurm": {"executor": instance, "executor_config": {
         "job_name_prefix": f"load{uuid.uuid4().hex[:6]}", "mem": "50M", "poll_interval": poll_interval}}})
-    started = time.monotonic()
     with weave(error_mode="return") as w:
         @w.do(range(items), environment="slurm", timeout=window)
         def long_item(x):
             time.sleep(3600)
-    elapsed = time.monotonic() - started
+    records = w.result.jobs["long_item"]
+    # The monitored window: first submission until the timeout stopped the jobs (teardown not counted).
+    elapsed = max(r.finished_at for r in records) - min(r.submitted_at for r in records)
     return dict(instance.adapter.monitor.calls), elapsed
 
 

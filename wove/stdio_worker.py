@@ -64,7 +64,7 @@ class StdioWorker:
             self.emit({"type": "task_started", **base, **_context()})
             interval = (frame.get("delivery") or {}).get("heartbeat_seconds")
             if interval:
-                heartbeat = self.loop.create_task(self._heartbeat(base, float(interval)))
+                heartbeat = self.loop.create_task(self._heartbeat(base, float(interval) / 2))
             _extend_import_path(frame.get("sys_path"))
             try:
                 func = pickle.loads(base64.b64decode(frame["callable_pickle"]))

@@ -10,11 +10,13 @@ import base64
 import hashlib
 import json
 import pickle
+from collections import deque
 from dataclasses import dataclass
 from typing import Any, Optional
 
 from . import protocol, spool
 
+MAX_FINISHED = 10_000   # finished runs remembered, so their late events are recognized and ignored
 OK, BAD_REQUEST, UNAUTHORIZED, FORBIDDEN, NOT_FOUND, CONFLICT, TOO_LARGE = 200, 400, 401, 403, 404, 409, 413
 
 
@@ -36,6 +38,7 @@ class EventGate:
 
     def __init__(self, spool_dir: Optional[str] = None):
         self._runs: dict[str, _RunState] = {}
+        self._finished: deque[str] = deque()
         self.spool_dir = spool_dir
         self.rejected: dict[int, int] = {}
 
@@ -43,9 +46,13 @@ class EventGate:
         self._runs[run_id] = _RunState(key)
 
     def finish(self, run_id: str) -> None:
+        """The run's outcome is known: keep verifying its late events (to ignore them), for a while."""
         state = self._runs.get(run_id)
-        if state is not None:
+        if state is not None and not state.finished:
             state.finished = True
+            self._finished.append(run_id)
+            while len(self._finished) > MAX_FINISHED:
+                self._runs.pop(self._finished.popleft(), None)
 
     def forget(self, run_id: str) -> None:
         self._runs.pop(run_id, None)

@@ -137,6 +137,10 @@ class CallbackReceiver:
             await self._respond(writer, status, _REASONS.get(status, "rejected"), close=not keep_alive)
             return keep_alive
         assert run_id is not None and event is not None and incarnation is not None
+        if self.gate.is_finished(run_id) and event != "task_cancelled":
+            # A late event of a finished run: authentic, so acknowledged, but never decoded.
+            await self._respond(writer, OK, "run already finished; ignored", close=not keep_alive)
+            return keep_alive
         frame = self.gate.decode(run_id, event, int(incarnation), body)
         if frame is None:
             self.gate.rejected[BAD_REQUEST] = self.gate.rejected.get(BAD_REQUEST, 0) + 1

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 
 EXIT_OK, EXIT_TASK_FAILED, EXIT_UNDELIVERED, EXIT_BAD_PAYLOAD = 0, 1, 2, 3
 DEFAULT_POST_SECONDS = 60.0
+SIGNAL_POST_SECONDS = 10.0   # after SIGTERM there is little time left (Slurm's KillWait is 30 s by default)
 _TRAPPED = ("SIGTERM", "SIGUSR1")
 
 
@@ -177,6 +178,11 @@ class EventSender:
                 body = self._spool_result(frame)
                 self.seq += 1
                 continue
+            if status == 413 and frame.get("type") != "task_result" and not frame.get("truncated"):
+                # e.g. a huge exception: send its description, trimmed to fit, without the pickle
+                body = _shrink(frame, max(256, (self.max_body - 1024) // 3) if self.max_body else 16 * 1024)
+                self.seq += 1
+                continue
             if status in (401, 403, 404, 400):
                 self.undelivered = f"callback receiver rejected {event} with HTTP {status}"
                 return False
@@ -188,6 +194,10 @@ class EventSender:
                 return False
             time.sleep(delay)
             delay = min(delay * 2, 5.0)
+
+    def limit_retries(self, seconds: float) -> None:
+        """Shorten the delivery window (after SIGTERM, Slurm's SIGKILL follows within KillWait)."""
+        self.post_seconds = min(self.post_seconds, seconds)
 
     def _spool_result(self, frame: dict[str, Any]) -> bytes:
         spool_dir = self.payload.get("spool_dir")
@@ -218,6 +228,19 @@ def _dumps(value: Any) -> bytes:
     except Exception:
         import cloudpickle  # lambdas, local classes, objects defined in __main__
         return cloudpickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def _shrink(frame: dict[str, Any], limit: int = 16 * 1024) -> bytes:
+    """Drop pickles and trim long texts so an event fits any sane body limit."""
+    frame.pop("exception_pickle", None)
+    frame["truncated"] = True
+    error = frame.get("error")
+    if isinstance(error, dict):
+        for key in ("message", "traceback"):
+            text = error.get(key)
+            if isinstance(text, str) and len(text) > limit:
+                error[key] = text[:limit] + f"... [{len(text) - limit} characters cut]"
+    return json.dumps(frame, separators=(",", ":")).encode()
 
 
 def _b64(data: bytes) -> str:
@@ -314,12 +337,13 @@ def execute(payload: dict[str, Any], *, sender: Optional[EventSender] = None,
         error = {"kind": "VersionMismatch", "message": mismatch, "traceback": "", "retryable": False,
                  "source": "config"}
         return EXIT_TASK_FAILED if sender.send("task_error", {"error": error}) else EXIT_UNDELIVERED
-    if not sender.send("task_started", _context()):
-        return EXIT_UNDELIVERED
+    detached = (payload.get("delivery") or {}).get("orphan_policy") == "detach"
+    if not sender.send("task_started", _context()) and not detached:
+        return EXIT_UNDELIVERED   # nobody is listening; a detached run still does its work
     heartbeat = None
     interval = (payload.get("delivery") or {}).get("heartbeat_seconds")
     if interval:
-        heartbeat = _Heartbeat(sender, float(interval))
+        heartbeat = _Heartbeat(sender, float(interval) / 2)   # two beats per window: one may be late
         heartbeat.start()
     _extend_import_path(payload.get("sys_path"))
     try:
@@ -425,6 +449,7 @@ def run_payloads(payloads: list[dict[str, Any]], *, max_parallel: int = 1, trap_
         _ignore_signals()   # finish reporting, then go
         for index, sender in enumerate(senders):
             if index not in done:
+                sender.limit_retries(SIGNAL_POST_SECONDS)
                 sender.send("task_cancelled", {"signal": stop.name, **_context()})
         sys.stdout.flush()
         sys.stderr.flush()
@@ -448,4 +473,9 @@ def main(argv: list[str]) -> int:
         print(f"wove.backend_worker: {exc}", file=sys.stderr)
         return EXIT_BAD_PAYLOAD
     cpus = int(os.environ.get("SLURM_CPUS_PER_TASK") or os.environ.get("WOVE_ITEM_PARALLELISM") or 1)
-    return run_payloads(payloads, max_parallel=min(cpus, len(payloads)))
+    code = run_payloads(payloads, max_parallel=min(cpus, len(payloads)))
+    if code == EXIT_UNDELIVERED and reference and reference.startswith(protocol.SPOOL_PREFIX) \
+            and reference.endswith(".payload"):
+        # The weave that would have deleted this run's payload is gone: do not leave it behind.
+        spool.remove(reference[len(protocol.SPOOL_PREFIX):])
+    return code

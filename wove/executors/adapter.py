@@ -126,6 +126,7 @@ class BackendAdapterEnvironmentExecutor(EnvironmentExecutor):
         self._receiver: Any = None
         self._poller: Optional[asyncio.Task[None]] = None
         self._runs: dict[str, dict[str, Any]] = {}
+        self._detached: set[str] = set()
         self._config: dict[str, Any] = {}
 
     # ---------------------------------------------------------------- configuration
@@ -207,7 +208,10 @@ class BackendAdapterEnvironmentExecutor(EnvironmentExecutor):
                 await self._receiver.stop()
                 self._receiver = None
             if self.spool_dir:
-                shutil.rmtree(self.spool_dir, ignore_errors=True)
+                if self._detached:  # detached runs may still start: keep what they read
+                    log.info("wove: keeping %s for %d detached run(s)", self.spool_dir, len(self._detached))
+                else:
+                    shutil.rmtree(self.spool_dir, ignore_errors=True)
             self._runs.clear()
 
     # ---------------------------------------------------------------- frames
@@ -242,7 +246,8 @@ class BackendAdapterEnvironmentExecutor(EnvironmentExecutor):
                 if inspect.isawaitable(outcome):
                     await outcome
             finally:
-                self._forget(frame["run_id"])
+                # Keep the run known to the gate: its worker's task_cancelled is the acknowledgement.
+                self._forget(frame["run_id"], keep_gate=True)
         elif kind == "shutdown":
             await self.stop()
 
@@ -252,6 +257,16 @@ class BackendAdapterEnvironmentExecutor(EnvironmentExecutor):
         if frame.get("type") in protocol.OUTCOME_TYPES:
             self._forget(frame.get("run_id", ""), keep_gate=True)
         return frame
+
+    def detach(self, run_id: str) -> None:
+        """The weave stops waiting for ``run_id`` but leaves it running: keep its payload, never cancel it."""
+        self._detached.add(run_id)
+        self._runs.pop(run_id, None)
+        if self._gate is not None:
+            self._gate.finish(run_id)
+        detach = getattr(self.adapter, "detach", None)
+        if detach is not None:
+            detach(run_id)
 
     def deliver(self, frame: dict[str, Any]) -> None:
         if self._queue is not None:
@@ -336,6 +351,8 @@ class BackendAdapterEnvironmentExecutor(EnvironmentExecutor):
             return
         if self._gate.check(run_id, event, str(incarnation), str(seq), signature, body) != OK:
             return
+        if self._gate.is_finished(run_id) and event != "task_cancelled":
+            return  # late event of a finished run: authentic, ignored, never decoded
         frame = self._gate.decode(run_id, event, int(incarnation), body)
         if frame is not None:
             self._on_verified(frame)

@@ -193,8 +193,10 @@ class RemoteEnvironment:
             waits = []
             if deadline is not None:
                 waits.append(deadline - now)
-            if heartbeat and run.started:
-                waits.append(run.last_event + heartbeat - time.monotonic())
+            if heartbeat:
+                # Before task_started the window is not running yet; look again a window later, since
+                # nothing else wakes this wait when the first event arrives.
+                waits.append(run.last_event + heartbeat - time.monotonic() if run.started else heartbeat)
             if not waits:
                 return await run.future
             await asyncio.wait({run.future}, timeout=max(0.0, min(waits)))
@@ -222,6 +224,9 @@ class RemoteEnvironment:
         if policy == "detach":
             record.state = record.state if record.outcome else "DETACHED"
             record.outcome = record.outcome or "detached"
+            detach = getattr(self.executor, "detach", None)
+            if detach is not None:
+                detach(run.run_id)
             return
         run.cancel_requested = True
         record.outcome = record.outcome or ("orphaned" if policy == "fail" else "cancelled")

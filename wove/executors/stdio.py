@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from typing import Any, Optional
 
 from ..dispatch import protocol
+from ..dispatch.error_payload import error_dict
 from ..errors import EnvironmentExecutionError, ExecutorStartError
 from .adapter import cloudpickle_module, import_path
 from .base import EnvironmentExecutor
@@ -80,14 +81,7 @@ class StdioExecutor(EnvironmentExecutor):
                 frame = json.loads(line)
             except ValueError:
                 continue
-            if "result_pickle" in frame:
-                frame["result"] = pickle.loads(base64.b64decode(frame.pop("result_pickle")))
-            if "exception_pickle" in frame:
-                try:
-                    frame["exception"] = pickle.loads(base64.b64decode(frame.pop("exception_pickle")))
-                except Exception:
-                    frame["exception"] = None
-            self._queue.put_nowait(frame)
+            self._queue.put_nowait(_unpack(frame))
         code = await self.process.wait()
         self._queue.put_nowait(EnvironmentExecutionError(
             f"stdio worker of environment {self._environment!r} exited with code {code} "
@@ -148,6 +142,24 @@ class StdioExecutor(EnvironmentExecutor):
         if self._reader is not None:
             self._reader.cancel()
             await asyncio.gather(self._reader, return_exceptions=True)
+
+
+def _unpack(frame: dict[str, Any]) -> dict[str, Any]:
+    """Unpickle a frame's result/exception; a result that cannot be rebuilt here fails its task."""
+    if "result_pickle" in frame:
+        try:
+            frame["result"] = pickle.loads(base64.b64decode(frame.pop("result_pickle")))
+        except Exception as exc:
+            frame["type"] = "task_error"
+            frame["error"] = error_dict(type(exc).__name__, "the task finished but its result could not be "
+                                        f"unpickled in the weave process: {type(exc).__name__}: {exc}",
+                                        source="transport")
+    if "exception_pickle" in frame:
+        try:
+            frame["exception"] = pickle.loads(base64.b64decode(frame.pop("exception_pickle")))
+        except Exception:  # the type may not exist here: the error dict still describes it
+            frame["exception"] = None
+    return frame
 
 
 def _describe_exit(code: Optional[int]) -> str:

@@ -88,6 +88,7 @@ class SlurmAdapter(BackendAdapter):
         self._cancel_flush: Optional[asyncio.Task[None]] = None
         self._live: dict[str, set[str]] = {}        # array job id -> element keys not yet resolved
         self._pending: set[asyncio.Task[Any]] = set()
+        self._detached_keys: set[str] = set()
         self.monitor = JobMonitor(
             self._report, squeue=config.get("squeue") or ["squeue"], sacct=config.get("sacct") or ["sacct"],
             scontrol=config.get("scontrol") or ["scontrol"], scancel=self.scancel_base,
@@ -264,6 +265,13 @@ class SlurmAdapter(BackendAdapter):
             _max_array_cache[scontrol] = max(1, size)
         return _max_array_cache[scontrol]
 
+    def detach(self, run_id: str) -> None:
+        """Stop watching a run the weave leaves running (delivery_orphan_policy='detach')."""
+        key = self.monitor.key_of(run_id)
+        self.monitor.resolved(run_id)
+        if key is not None:
+            self._detached_keys.add(key.split("_", 1)[0])
+
     # ------------------------------------------------------------------ cancel
     async def cancel(self, run_id: str, submission: Any, frame: dict[str, Any]) -> None:
         key = self.monitor.key_of(run_id) or (str(submission) if submission else None)
@@ -314,7 +322,8 @@ class SlurmAdapter(BackendAdapter):
 
     async def _drain(self, timeout: float) -> None:
         """Wait (bounded) until no job of this weave is pending, running or completing in Slurm."""
-        base_ids = sorted({str(entry["job_id"]).split("_", 1)[0] for entry in self.submissions}, key=int)
+        base_ids = sorted({str(entry["job_id"]).split("_", 1)[0] for entry in self.submissions}
+                          - self._detached_keys, key=int)
         deadline = time.monotonic() + timeout
         while base_ids and time.monotonic() < deadline:
             try:
@@ -375,7 +384,7 @@ class SlurmAdapter(BackendAdapter):
         await self._drain(float(self.config.get("drain_timeout") or 30.0))
         keep = self.keep_logs is True or (self.keep_logs == "on_failure" and self.failed_jobs)
         if keep:
-            log.warning("wove: Slurm job logs kept in %s", self.log_dir)
+            log.info("wove: Slurm job logs kept in %s", self.log_dir)
         elif not self.config.get("log_dir"):
             shutil.rmtree(self.log_dir, ignore_errors=True)
 

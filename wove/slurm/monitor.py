@@ -284,8 +284,8 @@ class JobMonitor:
             log.warning("wove: scancel %s failed: %s", " ".join(keys), exc)
 
     # ------------------------------------------------------------------ Slurm queries
-    async def _squeue(self, base_ids: list[str]) -> dict[str, JobInfo]:
-        self.calls["squeue"] += 1
+    async def _squeue(self, base_ids: list[str], purpose: str = "squeue") -> dict[str, JobInfo]:
+        self.calls[purpose] = self.calls.get(purpose, 0) + 1
         fmt = ",".join(f"{name}:|" for name in _SQUEUE_FIELDS)
         code, out, err = await commands.run(
             [*self.squeue, "--noheader", "--array", "--states=all", f"--jobs={','.join(base_ids)}",
@@ -313,7 +313,7 @@ class JobMonitor:
 
     async def active_jobs(self, base_ids: list[str]) -> list[str]:
         """Keys of the given jobs that are still pending, running or completing."""
-        infos = await self._squeue(base_ids)
+        infos = await self._squeue(base_ids, purpose="drain")
         return [key for key, info in infos.items() if not info.state.terminal]
 
     async def _sacct(self, base_ids: list[str]) -> dict[str, JobInfo]:
