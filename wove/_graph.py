@@ -83,14 +83,13 @@ def parameters(func: Callable[..., Any]) -> list[Param]:
     positional = code.co_argcount
     posonly = code.co_posonlyargcount
     kwonly = code.co_kwonlyargcount
-    defaults = len(target.__defaults__ or ())
-    kwdefaults = target.__kwdefaults__ or {}
-    result: list[Param] = []
-    for index in range(skip, positional):
-        kind = POSITIONAL_ONLY if index < posonly else POSITIONAL_OR_KEYWORD
-        result.append((names[index], kind, index >= positional - defaults))
-    for name in names[positional:positional + kwonly]:
-        result.append((name, KEYWORD_ONLY, name in kwdefaults))
+    first_default = positional - len(target.__defaults__ or ())
+    result: list[Param] = [
+        (names[i], POSITIONAL_ONLY if i < posonly else POSITIONAL_OR_KEYWORD, i >= first_default)
+        for i in range(skip, positional)]
+    if kwonly:
+        kwdefaults = target.__kwdefaults__ or {}
+        result += [(name, KEYWORD_ONLY, name in kwdefaults) for name in names[positional:positional + kwonly]]
     return result
 
 
@@ -144,7 +143,9 @@ def _resolve_parameters(spec: TaskSpec, available: set[str]) -> tuple[list[str],
     params = spec.params if spec.params is not None else parameters(spec.func)
     deps = [p[0] for p in params if p[0] in available]
     free = [] if len(deps) == len(params) else [p[0] for p in params if p[0] not in available and not p[2]]
-    positional = [p[0] for p in params if p[1] is POSITIONAL_ONLY]
+    # positional-only parameters always come first, so one look tells whether there are any
+    positional = [p[0] for p in params if p[1] is POSITIONAL_ONLY] if params and params[0][1] is POSITIONAL_ONLY \
+        else []
     spec.item_first = bool(params) and params[0][0] not in available and params[0][1] is not KEYWORD_ONLY
     spec.item_param = None
     return deps, free, positional
@@ -166,7 +167,7 @@ def plan(tasks: dict[str, TaskSpec], init_names: Iterable[str]) -> Plan:
             if source.name == spec.name:
                 raise DependencyCycleError(
                     f"task {spec.name!r} maps over its own result", [spec.name, spec.name])
-        if spec.mapped:
+        if source is not None:
             if len(free) != 1:
                 raise TaskDefinitionError(_map_param_message(spec, deps, free))
             spec.item_param = free[0]
@@ -201,8 +202,9 @@ def plan(tasks: dict[str, TaskSpec], init_names: Iterable[str]) -> Plan:
         following = []
         for name in tier:
             for child in dependents[name]:
-                remaining[child] -= 1
-                if remaining[child] == 0:
+                left = remaining[child] - 1
+                remaining[child] = left
+                if not left:
                     following.append(child)
         tier = following
     if len(ordered) != len(tasks):

@@ -87,6 +87,7 @@ class Runtime:
         self._environments: dict[str, asyncio.Future[Any]] = {}
         self._settings_cache: dict[tuple[str, bool], dict[str, Any]] = {}
         self._local: dict[str, bool] = {}
+        self._plain_direct: Optional[bool] = None   # plain tasks (no options) call their function directly
         self._default_environment = resolver.environment_name(None)
         self._running: dict[str, asyncio.Future[Any]] = {}
         self._values: dict[str, Any] = dict(init_data)
@@ -217,23 +218,30 @@ class Runtime:
         values = self._values
         kwargs = {name: values[name] for name in spec.inputs}
         args = [values[p] for p in spec.positional] if spec.positional else ()
-        if spec.options:
-            environment = self.resolver.environment_name(spec.options.get("environment"))
-            settings = self.task_settings(spec, environment)
-        else:
-            environment = self._default_environment
-            settings = (self._settings_cache.get((environment, spec.map_source is not None))
-                        or self.task_settings(spec, environment))
         name = spec.name
+        if spec.options or spec.map_source is not None:
+            environment = (self.resolver.environment_name(spec.options.get("environment")) if spec.options
+                           else self._default_environment)
+            settings = self.task_settings(spec, environment)
+            direct = (spec.map_source is None and settings["retries"] == 0 and settings["timeout"] is None
+                      and self.is_local(environment))
+        else:  # the common case: one cached answer for every plain task
+            environment = self._default_environment
+            direct = self._plain_direct
+            if direct is None:
+                settings = self.task_settings(spec, environment)
+                direct = self._plain_direct = (settings["retries"] == 0 and settings["timeout"] is None
+                                               and self.is_local(environment))
         if spec.map_source is not None:
             awaitable = self._run_mapped(spec, list(args), kwargs, settings, environment)
-        elif settings["retries"] == 0 and settings["timeout"] is None and self.is_local(environment):
+        elif direct:
             if not spec.is_async:
                 future = self.loop.run_in_executor(self.pool(), functools.partial(spec.func, *args, **kwargs))
                 future.add_done_callback(functools.partial(self._on_future_done, name))
                 return future
             awaitable = spec.func(*args, **kwargs)
         else:
+            settings = self.task_settings(spec, environment)
             awaitable = self._run_one(spec, list(args), kwargs, settings, environment)
         return self.loop.create_task(self._drive(name, awaitable))
 
@@ -277,8 +285,9 @@ class Runtime:
                 return
             remaining = self._remaining
             for child in self.plan.dependents[name]:
-                remaining[child] -= 1
-                if remaining[child] == 0:
+                left = remaining[child] - 1
+                remaining[child] = left
+                if not left:
                     self._launch(child)
             return
         if cancelled:

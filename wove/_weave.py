@@ -92,8 +92,7 @@ def _make_spec(func: Callable[..., Any], map_source: Any, options: dict[str, Any
         params = parameters(func)
     except (TypeError, ValueError) as exc:
         raise TypeError(f"cannot read the parameters of task {name!r}: {exc}") from exc
-    return TaskSpec(name=name, func=func, options=options, map_source=map_source,
-                    is_async=is_async_callable(func), params=params)
+    return TaskSpec(name, func, options, map_source, is_async_callable(func), params)
 
 
 class Weave:
@@ -217,7 +216,8 @@ class WeaveContext:
                 self._resolver.check_environment(env, f"task {name!r}")
             if spec.options.get("resources") is not None:
                 spec.options["resources"] = validate_resources(self._resolver, spec.options, f"task {name!r}")
-        self._tasks.pop(name, None)
+        if earlier is not None:
+            del self._tasks[name]   # a re-registered task moves to the end of the definition order
         self._tasks[name] = spec
 
     # ---------------------------------------------------------------- running
