@@ -336,7 +336,3 @@ class Resolver:
         if key in env:
             return env[key]
         return self.global_settings.get(key, DEFAULTS[key])
-
-    def task_value_is_default(self, key: str, task_options: Mapping[str, Any], environment: str) -> bool:
-        """True when no task option or weave argument set ``key`` (so the value came from a default)."""
-        return key not in task_options and key not in self.weave_options

@@ -8,28 +8,25 @@ stdin, so nothing the size of a program rides on a command line.
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
+import threading
 from typing import Any, Callable, Optional
 
 from ._graph import TaskSpec
+from .executors.adapter import cloudpickle_module
 
-
-def _cloudpickle() -> Any:
-    try:
-        import cloudpickle
-    except ImportError:
-        from .errors import MissingDispatchFeatureError
-        raise MissingDispatchFeatureError("weave(fork=True)") from None
-    return cloudpickle
+log = logging.getLogger("wove")
 
 
 def start_forked(tasks: dict[str, TaskSpec], init_data: dict[str, Any], options: dict[str, Any],
                  on_done: Optional[Callable[..., Any]]) -> subprocess.Popen[bytes]:
     from . import _config
 
-    cloudpickle = _cloudpickle()
-    child_options = {k: v for k, v in options.items() if k not in ("background", "fork", "on_done")}
+    cloudpickle = cloudpickle_module("weave(fork=True)")
+    # The child runs the weave itself, in the foreground, whatever the configuration says.
+    child_options = {**{k: v for k, v in options.items() if k != "on_done"}, "background": False, "fork": False}
     snapshot = _config.snapshot()
     blob = cloudpickle.dumps({
         "tasks": [(spec.name, spec.func, spec.map_source, spec.options) for spec in tasks.values()],
@@ -46,7 +43,16 @@ def start_forked(tasks: dict[str, TaskSpec], init_data: dict[str, Any], options:
     process.stdin.write(json.dumps(sys.path).encode() + b"\n")
     process.stdin.write(blob)
     process.stdin.close()
+    threading.Thread(target=_reap, args=(process,), name="wove-fork-reaper", daemon=True).start()
     return process
+
+
+def _reap(process: subprocess.Popen[bytes]) -> None:
+    """Wait for the forked weave so it never lingers as a zombie, and say so when it could not even run."""
+    code = process.wait()
+    if code not in (0, 1):   # 1: the weave ran and a task failed (on_done saw it)
+        log.warning("wove: the forked weave (pid %d) exited with code %d before finishing; see its stderr",
+                    process.pid, code)
 
 
 def _child_main() -> int:
@@ -56,7 +62,7 @@ def _child_main() -> int:
     from . import _config
     from ._weave import WeaveContext, _make_spec
 
-    cloudpickle = _cloudpickle()
+    cloudpickle = cloudpickle_module("weave(fork=True)")
     stream = sys.stdin.buffer
     for entry in reversed(json.loads(stream.readline())):
         if entry not in sys.path:
@@ -69,8 +75,9 @@ def _child_main() -> int:
     try:
         with context:
             pass
-    except BaseException:
-        pass  # recorded on context.result.exception, which on_done receives
+    except Exception as exc:  # task failures are on the result already; anything else goes there too
+        if context.result.exception is None:
+            context.result._first_error = exc
     if job["on_done"] is not None:
         outcome = job["on_done"](context.result)
         if inspect.isawaitable(outcome):

@@ -19,7 +19,6 @@ from .errors import DependencyCycleError, TaskDefinitionError, UnresolvedSignatu
 
 DATA_NAME = "data"
 
-_UNSET = object()
 
 
 # (name, kind, has_default); kind is POSITIONAL_ONLY, POSITIONAL_OR_KEYWORD or KEYWORD_ONLY
@@ -53,8 +52,8 @@ class TaskSpec:
         self.is_async = is_async
         self.params = params
         # Set by plan(): dependencies (tasks this one waits for), inputs (parameters filled by keyword),
-        # positional (positional-only parameters filled by name), item_param and item_first (the item
-        # parameter of a mapped task, and whether it is the first positional one).
+        # positional (positional-only parameters, in order, the item's included), item_param and
+        # item_first (the item parameter of a mapped task; whether it can go first by position).
 
     @property
     def mapped(self) -> bool:
@@ -146,7 +145,7 @@ def _resolve_parameters(spec: TaskSpec, available: set[str]) -> tuple[list[str],
     # positional-only parameters always come first, so one look tells whether there are any
     positional = [p[0] for p in params if p[1] is POSITIONAL_ONLY] if params and params[0][1] is POSITIONAL_ONLY \
         else []
-    spec.item_first = bool(params) and params[0][0] not in available and params[0][1] is not KEYWORD_ONLY
+    spec.item_first = False
     spec.item_param = None
     return deps, free, positional
 
@@ -170,13 +169,15 @@ def plan(tasks: dict[str, TaskSpec], init_names: Iterable[str]) -> Plan:
         if source is not None:
             if len(free) != 1:
                 raise TaskDefinitionError(_map_param_message(spec, deps, free))
-            spec.item_param = free[0]
-            if spec.item_param in positional:
-                positional.remove(spec.item_param)
+            spec.item_param = item = free[0]
+            params = spec.params or []
+            # fast call path func(item, **deps): the item is the first parameter and nothing is positional-only
+            spec.item_first = bool(params) and params[0][0] == item and not positional \
+                and params[0][1] is not KEYWORD_ONLY
         elif free:
             raise UnresolvedSignatureError(_unresolved_message(spec.name, free, available))
-        if positional:
-            spec.positional = [p for p in positional if p in deps]
+        if positional:   # positional-only dependencies (and item) go in by position, in order
+            spec.positional = [p for p in positional if p in deps or p == spec.item_param]
             spec.inputs = [d for d in deps if d not in spec.positional]
         else:
             spec.positional, spec.inputs = [], deps

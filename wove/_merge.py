@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import functools
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Optional
 
 from ._graph import is_async_callable
-from ._scheduler import Runtime, current_runtime
+from ._scheduler import Runtime, _binder, current_runtime
 
 
 def _require_runtime() -> Runtime:
@@ -34,17 +35,20 @@ def merge(fn: Callable[..., Any], iterable: Optional[Any] = None, **options: Any
         options["resources"] = validate_resources(runtime.resolver, options, f"merge({getattr(fn, '__name__', fn)})")
     if iterable is not None and (isinstance(iterable, (str, bytes)) or not hasattr(iterable, "__iter__")):
         raise TypeError(f"merge() maps over an iterable; got {type(iterable).__name__} {iterable!r}")
-    coro = _merge(runtime, fn, iterable, options)
     try:
         running = asyncio.get_running_loop()
     except RuntimeError:
         running = None
     if running is runtime.loop:
-        return coro
+        return _merge(runtime, fn, iterable, options, None)
+    # From a sync task: that task holds a thread of the weave's pool while it waits, so merged sync work
+    # runs in threads of its own (a full pool would otherwise deadlock).
+    coro = _merge(runtime, fn, iterable, options, runtime.merge_pool())
     return asyncio.run_coroutine_threadsafe(coro, runtime.loop).result()
 
 
-async def _merge(runtime: Runtime, fn: Callable[..., Any], iterable: Any, options: dict[str, Any]) -> Any:
+async def _merge(runtime: Runtime, fn: Callable[..., Any], iterable: Any, options: dict[str, Any],
+                 pool: Optional[ThreadPoolExecutor]) -> Any:
     name = getattr(fn, "__name__", "merge")
     environment = runtime.resolver.environment_name(options.get("environment"))
     runtime.resolver.check_environment(environment, f"merge({name})")
@@ -52,9 +56,10 @@ async def _merge(runtime: Runtime, fn: Callable[..., Any], iterable: Any, option
     is_async = is_async_callable(fn)
     resources = options.get("resources")
     if iterable is None:
-        return await runtime.call(name, fn, is_async, (), {}, settings, environment, resources=resources)
-    return await runtime.call_each(name, fn, is_async, list(iterable), (), {}, None, settings, environment,
-                                   resources)
+        return await runtime.call(name, fn, is_async, (), {}, settings, environment, resources=resources,
+                                  pool=pool)
+    return await runtime.call_each(name, fn, is_async, list(iterable), _binder(None, (), {}), settings,
+                                   environment, resources, pool=pool)
 
 
 def sync_to_async(fn: Callable[..., Any]) -> Callable[..., Any]:

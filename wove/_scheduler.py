@@ -84,6 +84,7 @@ class Runtime:
         self.progress = progress
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
         self._pool: Optional[ThreadPoolExecutor] = None
+        self._merge_pool: Optional[ThreadPoolExecutor] = None
         self._environments: dict[str, asyncio.Future[Any]] = {}
         self._settings_cache: dict[tuple[str, bool], dict[str, Any]] = {}
         self._local: dict[str, bool] = {}
@@ -111,6 +112,16 @@ class Runtime:
             self._pool = ThreadPoolExecutor(self.max_workers, thread_name_prefix="wove",
                                             initializer=_mark_thread)
         return self._pool
+
+    def merge_pool(self) -> ThreadPoolExecutor:
+        """Threads for sync calls merged from sync tasks: those tasks hold the main pool's threads while
+        they wait, so merged work needs threads of its own or a full pool would deadlock."""
+        if self._merge_pool is None:
+            def _mark_thread(runtime: Runtime = self) -> None:
+                _thread_state.runtime = runtime
+            self._merge_pool = ThreadPoolExecutor(self.max_workers, thread_name_prefix="wove-merge",
+                                                  initializer=_mark_thread)
+        return self._merge_pool
 
     async def environment(self, name: str) -> Any:
         """The started remote environment ``name``, or ``None`` when it runs tasks in this process."""
@@ -169,8 +180,11 @@ class Runtime:
                 await self._close_environments()
             finally:
                 if self._pool is not None:
-                    self._pool.shutdown(wait=self._failure is None and not self._stopping,
-                                        cancel_futures=True)
+                    # Never wait here: everything awaited is done, and a thread still running a timed-out
+                    # sync task must not block the caller's event loop (it ends on its own).
+                    self._pool.shutdown(wait=False, cancel_futures=True)
+                if self._merge_pool is not None:
+                    self._merge_pool.shutdown(wait=False, cancel_futures=True)
                 _current_runtime.reset(token)
 
     async def _schedule(self) -> None:
@@ -217,7 +231,8 @@ class Runtime:
     def _start(self, spec: TaskSpec) -> asyncio.Future[Any]:
         values = self._values
         kwargs = {name: values[name] for name in spec.inputs}
-        args = [values[p] for p in spec.positional] if spec.positional else ()
+        # (for a mapped task, ITEM marks where a positional-only item goes)
+        args = [ITEM if p == spec.item_param else values[p] for p in spec.positional] if spec.positional else ()
         name = spec.name
         if spec.options or spec.map_source is not None:
             environment = (self.resolver.environment_name(spec.options.get("environment")) if spec.options
@@ -291,7 +306,14 @@ class Runtime:
                     self._launch(child)
             return
         if cancelled:
-            self.result._set_cancelled(name, self._cancel_reason)
+            orphaned = [r for r in self.result._jobs.get(name, ()) if r.outcome == "orphaned"]
+            if orphaned:   # delivery_orphan_policy="fail": remote work cut off is a failure, not a cancel
+                from .errors import DeliveryOrphanedError
+                self.result._set_error(name, DeliveryOrphanedError(
+                    f"task {name!r} had {len(orphaned)} remote run(s) pending when the weave stopped "
+                    f"({self._cancel_reason}); delivery_orphan_policy='fail' cancelled them"))
+            else:
+                self.result._set_cancelled(name, self._cancel_reason)
             self._finish_one(name, "cancelled")
             return
         if error is not None:
@@ -337,7 +359,7 @@ class Runtime:
     async def call(self, name: str, func: Callable[..., Any], is_async: bool, args: tuple[Any, ...],
                    kwargs: dict[str, Any], settings: dict[str, Any], environment: str, *,
                    map_index: Optional[int] = None, resources: Optional[dict[str, Any]] = None,
-                   group: Optional[str] = None) -> Any:
+                   group: Optional[str] = None, pool: Optional[ThreadPoolExecutor] = None) -> Any:
         """Run one call with the task's retries and per-attempt timeout, wherever its environment says."""
         remote = await self.environment(environment)
         retries, timeout = settings["retries"], settings["timeout"]
@@ -348,7 +370,8 @@ class Runtime:
                 if is_async:
                     awaitable = func(*args, **kwargs)
                 else:
-                    awaitable = self.loop.run_in_executor(self.pool(), functools.partial(func, *args, **kwargs))
+                    awaitable = self.loop.run_in_executor(pool or self.pool(),
+                                                          functools.partial(func, *args, **kwargs))
             else:
                 awaitable = remote.run(RemoteCall(
                     name, func, args, kwargs, settings, map_index=map_index, attempt=attempt,
@@ -395,57 +418,53 @@ class Runtime:
         items = self._map_items(spec)
         if not items:
             return []
-        local = self.is_local(environment)
-        item_param = spec.item_param
-        simple = (local and settings["retries"] == 0 and settings["timeout"] is None
+        bind = _binder(spec.item_param, args, kwargs)
+        simple = (self.is_local(environment) and settings["retries"] == 0 and settings["timeout"] is None
                   and settings["workers"] is None and settings["limit_per_minute"] is None)
         if simple and not spec.is_async:
-            return await self._map_sync_fast(spec.func, item_param, items, args, kwargs)
+            return await self._map_sync_fast(spec.func, bind, items)
         if simple:
             func = spec.func
-            if spec.item_first and not args:
+            if spec.item_first:
                 coros = [func(item, **kwargs) for item in items]
             else:
-                coros = [func(*args, **{item_param: item}, **kwargs) for item in items]
+                coros = []
+                for item in items:
+                    item_args, item_kwargs = bind(item)
+                    coros.append(func(*item_args, **item_kwargs))
             return await _gather_or_cancel([self.loop.create_task(c) for c in coros])
-
-        return await self.call_each(spec.name, spec.func, spec.is_async, items, tuple(args), kwargs, item_param,
-                                    settings, environment, spec.options.get("resources"))
+        return await self.call_each(spec.name, spec.func, spec.is_async, items, bind, settings, environment,
+                                    spec.options.get("resources"))
 
     async def call_each(self, name: str, func: Callable[..., Any], is_async: bool, items: list[Any],
-                        args: tuple[Any, ...], kwargs: dict[str, Any], item_param: Optional[str],
+                        bind: Callable[[Any], tuple[tuple[Any, ...], dict[str, Any]]],
                         settings: dict[str, Any], environment: str,
-                        resources: Optional[dict[str, Any]] = None) -> list[Any]:
-        """One ``call`` per item, honouring ``workers`` and ``limit_per_minute``; results in input order.
-
-        The item goes in as keyword ``item_param``, or appended to ``args`` when that is ``None``.
-        """
+                        resources: Optional[dict[str, Any]] = None,
+                        pool: Optional[ThreadPoolExecutor] = None) -> list[Any]:
+        """One ``call`` per item (``bind(item)`` gives its arguments), honouring ``workers`` and
+        ``limit_per_minute``; results in input order."""
         workers = settings["workers"]
         remote = await self.environment(environment)
-        native = remote is not None and remote.handles_workers  # e.g. a Slurm array throttle (%N)
+        native = remote is not None and remote.handles_workers(len(items), settings)  # e.g. Slurm's %N
         semaphore = asyncio.Semaphore(workers) if workers and not native else None
         limiter = _RateLimiter(settings["limit_per_minute"]) if settings["limit_per_minute"] else None
 
         async def one(index: int, item: Any) -> Any:
-            if item_param is None:
-                call_args, call_kwargs = (*args, item), kwargs
-            else:
-                call_args, call_kwargs = args, {item_param: item, **kwargs}
+            call_args, call_kwargs = bind(item)
             if semaphore is not None:
                 await semaphore.acquire()
             try:
                 if limiter is not None:
                     await limiter.wait()
                 return await self.call(name, func, is_async, call_args, call_kwargs, settings, environment,
-                                       map_index=index, resources=resources, group=name)
+                                       map_index=index, resources=resources, group=name, pool=pool)
             finally:
                 if semaphore is not None:
                     semaphore.release()
 
         return await _gather_or_cancel([self.loop.create_task(one(i, item)) for i, item in enumerate(items)])
 
-    async def _map_sync_fast(self, func: Callable[..., Any], item_param: str, items: list[Any],
-                             args: list[Any], kwargs: dict[str, Any]) -> list[Any]:
+    async def _map_sync_fast(self, func: Callable[..., Any], bind: Callable[[Any], Any], items: list[Any]) -> list[Any]:
         """Thread-pool fan-out with one loop wake-up for the whole map instead of one per item."""
         loop = self.loop
         waiter: asyncio.Future[None] = loop.create_future()
@@ -475,7 +494,8 @@ class Runtime:
         submit = self.pool().submit
         futures = []
         for item in items:
-            cf = submit(func, *args, **{item_param: item}, **kwargs)
+            item_args, item_kwargs = bind(item)
+            cf = submit(func, *item_args, **item_kwargs)
             cf.add_done_callback(on_done)
             futures.append(cf)
         try:
@@ -499,6 +519,19 @@ class Runtime:
         self._environments.clear()
         if errors and self._failure is None:
             raise errors[0]
+
+
+ITEM = object()   # where a positional-only item parameter goes in a mapped task's arguments
+
+
+def _binder(item_param: Optional[str], args: Any, kwargs: dict[str, Any]) -> Callable[[Any], Any]:
+    """``item -> (args, kwargs)`` for one item of a mapped call (keyword, positional-only, or appended)."""
+    args = tuple(args)
+    if item_param is None:                       # merge(fn, items): fn(item)
+        return lambda item: ((*args, item), kwargs)
+    if ITEM in args:                             # a positional-only item parameter
+        return lambda item: (tuple(item if a is ITEM else a for a in args), kwargs)
+    return lambda item: (args, {**kwargs, item_param: item})
 
 
 async def _gather_or_cancel(tasks: list[asyncio.Task[Any]]) -> list[Any]:

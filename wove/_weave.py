@@ -41,6 +41,9 @@ def validate_task_options(options: dict[str, Any], *, mapped: bool, name: str = 
                                  f"got {value!r}")
         else:
             _config.validate_setting(key, value)
+    if options.get("delivery_max_in_flight") is not None:
+        raise ValueError(f"{where}delivery_max_in_flight caps an environment's remote runs as a whole; set it on "
+                         "the environment, the weave or wove.config(), not on one task")
     if not mapped:
         for key in ("workers", "limit_per_minute"):
             if options.get(key) is not None:
@@ -108,6 +111,11 @@ class Weave:
                             "as w:` instead of instantiating it")
         return super().__new__(cls)
 
+    def __reduce__(self) -> Any:
+        # Template tasks are bound methods; pickling them (fork=True, remote environments) must rebuild
+        # the instance without tripping the "do not instantiate" guard above.
+        return (_rebuild_template, (type(self), self.__dict__))
+
     @staticmethod
     def do(*args: Any, **options: Any) -> Any:
         map_source, func = _split_do_arguments(args)
@@ -131,6 +139,16 @@ class Weave:
                 if hasattr(value, "__wove_task__"):
                     names[name] = None
         return list(names)
+
+
+def _rebuild_template(cls: type[Weave], state: dict[str, Any]) -> Weave:
+    token = _building_template.set(True)
+    try:
+        instance = cls.__new__(cls)
+    finally:
+        _building_template.reset(token)
+    instance.__dict__.update(state)
+    return instance
 
 
 class WeaveContext:
@@ -301,8 +319,9 @@ class WeaveContext:
         def target() -> None:
             try:
                 asyncio.run(runtime.run())
-            except BaseException:  # recorded on the result; the thread must still call on_done
-                pass
+            except BaseException as exc:  # the thread must still call on_done, with the failure on the result
+                if self.result.exception is None:
+                    self.result._first_error = exc
             if on_done is not None:
                 outcome = on_done(self.result)
                 if inspect.isawaitable(outcome):
@@ -328,19 +347,53 @@ def _run_sync(coro: Any) -> Any:
         return asyncio.run(coro)
     # Jupyter, or a sync helper called from an async handler: run on a private loop in a helper thread.
     box: dict[str, Any] = {}
+    started = threading.Event()
+
+    async def main() -> Any:
+        box["loop"], box["task"] = asyncio.get_running_loop(), asyncio.current_task()
+        started.set()
+        return await coro
 
     def target() -> None:
         try:
-            box["value"] = asyncio.run(coro)
+            box["value"] = asyncio.run(main())
         except BaseException as exc:
             box["error"] = exc
+        finally:
+            started.set()
 
+    def stop_helper() -> None:
+        started.wait()
+        if "task" in box and not box["loop"].is_closed():
+            box["loop"].call_soon_threadsafe(box["task"].cancel)
+        thread.join()
+
+    outer = asyncio.current_task()   # the task whose sync code called us, if any
     thread = threading.Thread(target=target, name="wove-sync-weave")
     thread.start()
-    thread.join()
+    try:
+        while thread.is_alive():
+            thread.join(0.05)
+            # asyncio.run() turns Ctrl-C into a cancel of its main task, which cannot interrupt this join:
+            # notice it, and cancel the weave too.
+            if outer is not None and _cancel_requested(outer):
+                stop_helper()
+                raise asyncio.CancelledError()
+    except BaseException:
+        # Ctrl-C as KeyboardInterrupt (Jupyter, plain threads): cancel the weave there, so its tasks and
+        # remote jobs are cancelled and cleaned up before we re-raise.
+        stop_helper()
+        raise
     if "error" in box:
         raise box["error"]
     return box.get("value")
+
+
+def _cancel_requested(task: asyncio.Task[Any]) -> bool:
+    cancelling = getattr(task, "cancelling", None)   # Python 3.11+
+    if cancelling is not None:
+        return bool(cancelling())
+    return bool(getattr(task, "_must_cancel", False))
 
 
 def debug_report(planned: Plan, resolver: _config.Resolver, init_data: dict[str, Any]) -> str:

@@ -23,7 +23,7 @@ class StdioWorker:
         self.out = out
         self.tasks: dict[str, asyncio.Future[Any]] = {}
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
-        self.finished = asyncio.Event()
+        self.finished: asyncio.Event = None  # type: ignore[assignment]  # made in main(): 3.9 binds it to a loop
 
     def emit(self, frame: dict[str, Any]) -> None:
         self.out.write(json.dumps(frame, separators=(",", ":")).encode() + b"\n")
@@ -103,6 +103,7 @@ class StdioWorker:
 
     async def main(self) -> None:
         self.loop = asyncio.get_running_loop()
+        self.finished = asyncio.Event()
         threading.Thread(target=self._read_stdin, name="wove-stdin", daemon=True).start()
         await self.finished.wait()
         for task in list(self.tasks.values()):

@@ -338,3 +338,31 @@ def test_integrations_reject_bad_payloads():
         integration.run(42)
     with pytest.raises(protocol.PayloadError):
         integration.run("not a payload")
+
+
+def wait_for_time_warning():
+    import wove.slurm
+
+    deadline = time.monotonic() + 30
+    while not wove.slurm.time_limit_near() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return "warned" if wove.slurm.time_limit_near() else "never warned"
+
+
+def test_sigusr1_is_a_warning_when_the_payload_asks_for_one(receiver):
+    """With signal_before_timeout (Slurm), SIGUSR1 tells the task its time is nearly up; it keeps running."""
+    payload = receiver.payload(wait_for_time_warning)
+    payload["time_warning_signal"] = "SIGUSR1"
+    proc = start_worker(payload)
+    try:
+        receiver.wait_for(payload["run_id"], "task_started")
+        time.sleep(0.2)
+        proc.send_signal(signal.SIGUSR1)
+        _, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    result = receiver.wait_for(payload["run_id"], "task_result")
+    assert result["result"] == "warned"

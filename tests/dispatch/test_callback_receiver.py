@@ -303,9 +303,14 @@ def test_keep_alive_connection_survives_rejections(receiver, loads_calls):
 
 def test_receiver_stop_closes_open_connections():
     live = LiveReceiver().start()
+    run_id, key = live.register()
+    headers = signed_headers(run_id, key, "heartbeat", 1, b"0123456789")
+    head = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
     sock = socket.create_connection(("127.0.0.1", live.port), timeout=5)
     try:
-        sock.sendall(b"POST " + live.path.encode() + b" HTTP/1.1\r\nContent-Length: 10\r\n\r\n12")
+        # a request that passed the header checks, stuck in the middle of its body
+        sock.sendall(b"POST " + live.path.encode() + b" HTTP/1.1\r\nContent-Length: 10\r\n" + head.encode()
+                     + b"\r\n12")
         time.sleep(0.2)
         live.stop()
         sock.settimeout(5)

@@ -23,8 +23,12 @@ log = logging.getLogger("wove.dispatch")
 DEFAULT_MAX_BODY = 512 * 1024 * 1024   # results up to hundreds of MB ride in the body; larger ones spool
 _MAX_HEADER = 64 * 1024
 _REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
-            405: "Method Not Allowed", 409: "Conflict", 413: "Payload Too Large", 431: "Header Too Large"}
+            405: "Method Not Allowed", 409: "Conflict", 413: "Payload Too Large", 431: "Header Too Large",
+            503: "Service Unavailable"}
 PATH_PREFIX = "/wove/events/"
+IDLE_SECONDS = 30.0                       # a client silent this long (between or inside requests) is dropped
+BODY_BYTES_PER_SECOND = 10 * 1024 * 1024  # slowest upload rate allowed for large bodies
+MAX_CONNECTIONS = 1024
 
 
 class CallbackReceiver:
@@ -81,11 +85,14 @@ class CallbackReceiver:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
+        if len(self._connections) >= MAX_CONNECTIONS:   # never let idle clients exhaust descriptors
+            writer.close()
+            return
         self._connections.add(task)
         try:
             while await self._one_request(reader, writer):
                 pass
-        except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError):
+        except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError, asyncio.TimeoutError):
             pass
         except asyncio.CancelledError:
             pass
@@ -95,7 +102,7 @@ class CallbackReceiver:
 
     async def _one_request(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
         try:
-            head = await reader.readuntil(b"\r\n\r\n")
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), IDLE_SECONDS)
         except asyncio.IncompleteReadError:
             return False
         except asyncio.LimitOverrunError:
@@ -127,31 +134,21 @@ class CallbackReceiver:
             await self._respond(writer, TOO_LARGE, f"body of {length} bytes exceeds the limit of "
                                 f"{self.max_body}", close=True)
             return False
-        body = await reader.readexactly(length)
-        run_id = headers.get(protocol.H_RUN)
-        event = headers.get(protocol.H_EVENT)
-        incarnation = headers.get(protocol.H_INCARNATION)
-        status = self.gate.check(run_id, event, incarnation, headers.get(protocol.H_SEQ),
-                                 headers.get(protocol.H_SIGNATURE), body)
-        if status != OK:
-            await self._respond(writer, status, _REASONS.get(status, "rejected"), close=not keep_alive)
-            return keep_alive
-        assert run_id is not None and event is not None and incarnation is not None
-        if self.gate.is_finished(run_id) and event != "task_cancelled":
-            # A late event of a finished run: authentic, so acknowledged, but never decoded.
-            await self._respond(writer, OK, "run already finished; ignored", close=not keep_alive)
-            return keep_alive
-        frame = self.gate.decode(run_id, event, int(incarnation), body)
-        if frame is None:
-            self.gate.rejected[BAD_REQUEST] = self.gate.rejected.get(BAD_REQUEST, 0) + 1
-            await self._respond(writer, BAD_REQUEST, "malformed event body", close=not keep_alive)
-            return keep_alive
-        self.accepted += 1
-        try:
-            self.on_frame(frame)
-        except Exception:  # a consumer bug must not kill the server
-            log.exception("wove: error while handling event %s for run %s", event, run_id)
-        await self._respond(writer, OK, "accepted", close=not keep_alive)
+        envelope = (headers.get(protocol.H_RUN), headers.get(protocol.H_EVENT), headers.get(protocol.H_INCARNATION),
+                    headers.get(protocol.H_SEQ), headers.get(protocol.H_SIGNATURE))
+        status = self.gate.precheck(*envelope)
+        if status != OK:   # decided from the headers: the body is never read
+            await self._respond(writer, status, _REASONS.get(status, "rejected"), close=True)
+            return False
+        body = await asyncio.wait_for(reader.readexactly(length), IDLE_SECONDS + length / BODY_BYTES_PER_SECOND)
+        status, frame = self.gate.accept(*envelope, body)
+        if frame is not None:
+            self.accepted += 1
+            try:
+                self.on_frame(frame)
+            except Exception:  # a consumer bug must not kill the server
+                log.exception("wove: error while handling event %s for run %s", envelope[1], envelope[0])
+        await self._respond(writer, status, _REASONS.get(status, "rejected"), close=not keep_alive)
         return keep_alive
 
     async def _discard_and_respond(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,

@@ -21,7 +21,7 @@ _ENTRY = struct.Struct("<QQ")         # offset, length
 
 
 def ensure_dir(path: str) -> str:
-    """Create ``path`` (and parents) if needed and make the leaf private (0700)."""
+    """Create wove's own directory ``path`` (and parents) if needed, private to this user (0700)."""
     os.makedirs(path, mode=0o700, exist_ok=True)
     os.chmod(path, 0o700)
     return path

@@ -29,9 +29,12 @@ if TYPE_CHECKING:
     from typing import Any, Callable, Optional
 
 EXIT_OK, EXIT_TASK_FAILED, EXIT_UNDELIVERED, EXIT_BAD_PAYLOAD = 0, 1, 2, 3
+#: Set when the job is warned (SIGUSR1, from executor_config "signal_before_timeout") that its time is nearly up.
+TIME_WARNING = threading.Event()
 DEFAULT_POST_SECONDS = 60.0
 SIGNAL_POST_SECONDS = 10.0   # after SIGTERM there is little time left (Slurm's KillWait is 30 s by default)
-_TRAPPED = ("SIGTERM", "SIGUSR1")
+_TRAPPED = ("SIGTERM", "SIGUSR1")   # report task_cancelled with the signal, then exit
+_WARNING = "SIGUSR1"   # ... unless the payload asks for it as a warning: the task keeps running (TIME_WARNING)
 
 
 class WorkerSignal(BaseException):
@@ -293,9 +296,11 @@ def version_mismatch(payload: dict[str, Any]) -> Optional[str]:
     have_py = f"{sys.version_info[0]}.{sys.version_info[1]}"
     have_cp = _cloudpickle_version()
     if (want_py and want_py != have_py) or (want_cp and want_cp != have_cp):
-        return (f"job runs Python {have_py} / cloudpickle {have_cp}; submitter has {want_py} / {want_cp}: "
-                f"install matching versions in the job environment "
-                f"(pip install \"cloudpickle=={want_cp}\" with Python {want_py})")
+        from .._version import __version__
+
+        return (f"job runs Python {have_py} / cloudpickle {have_cp} / wove {__version__}; submitter has "
+                f"{want_py} / {want_cp} / {payload.get('wove', '?')}: install matching versions in the job "
+                f"environment (pip install \"cloudpickle=={want_cp}\" with Python {want_py})")
     return None
 
 
@@ -363,7 +368,9 @@ def execute(payload: dict[str, Any], *, sender: Optional[EventSender] = None,
                 async def _await() -> Any:
                     return await value
                 value = asyncio.run(_await())
-        except Exception as exc:
+        except WorkerSignal:
+            raise
+        except BaseException as exc:   # SystemExit and KeyboardInterrupt in a task are its outcome too
             outcome, fields, code = "task_error", _error_fields(exc), EXIT_TASK_FAILED
         else:
             try:
@@ -384,13 +391,17 @@ def _raise_signal(signum: int, frame: Any) -> None:
     raise WorkerSignal(signum)
 
 
-def _trap_signals(handler: Any) -> dict[int, Any]:
+def _warn(signum: int, frame: Any) -> None:
+    TIME_WARNING.set()
+
+
+def _trap_signals(handler: Any, warn: bool = False) -> dict[int, Any]:
     previous = {}
     if threading.current_thread() is threading.main_thread():
         for name in _TRAPPED:
             signum = getattr(signal, name, None)
             if signum is not None:
-                previous[signum] = signal.signal(signum, handler)
+                previous[signum] = signal.signal(signum, _warn if warn and name == _WARNING else handler)
     return previous
 
 
@@ -421,7 +432,8 @@ def run_payloads(payloads: list[dict[str, Any]], *, max_parallel: int = 1, trap_
     senders = [EventSender(p, shared, connection_lock) for p in payloads]
     done: set[int] = set()
     codes: list[int] = [EXIT_OK] * len(payloads)
-    previous = _trap_signals(_raise_signal) if trap_signals else {}
+    warn = any(p.get("time_warning_signal") == _WARNING for p in payloads)
+    previous = _trap_signals(_raise_signal, warn) if trap_signals else {}
     single = len(payloads) == 1 or max_parallel <= 1
     # A single in-thread task must not be interrupted while its outcome is being delivered.
     before_outcome = _ignore_signals if previous and single else None
@@ -431,7 +443,7 @@ def run_payloads(payloads: list[dict[str, Any]], *, max_parallel: int = 1, trap_
                 codes[index] = execute(payload, sender=senders[index], before_outcome=before_outcome)
                 done.add(index)
                 if before_outcome is not None and index + 1 < len(payloads):
-                    _trap_signals(_raise_signal)
+                    _trap_signals(_raise_signal, warn)
         else:
             from concurrent.futures import ThreadPoolExecutor, wait
 

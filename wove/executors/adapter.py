@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from typing import Any, Optional
 
 from ..dispatch import protocol, spool
-from ..dispatch.events import OK, EventGate
+from ..dispatch.events import UNAVAILABLE, EventGate
 from ..errors import ExecutorStartError, MissingDispatchFeatureError
 from .base import EnvironmentExecutor
 
@@ -39,11 +39,11 @@ def default_spool_root() -> str:
     return os.environ.get("WOVE_SPOOL_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "wove", "spool")
 
 
-def cloudpickle_module() -> Any:
+def cloudpickle_module(feature: str = "sending tasks to another process") -> Any:
     try:
         import cloudpickle
     except ImportError:
-        raise MissingDispatchFeatureError("sending tasks to another process") from None
+        raise MissingDispatchFeatureError(feature) from None
     return cloudpickle
 
 
@@ -147,7 +147,7 @@ class BackendAdapterEnvironmentExecutor(EnvironmentExecutor):
         self._config = config
         self._queue = asyncio.Queue()
         root = config.get("spool_dir") or default_spool_root()
-        spool.ensure_dir(root)
+        os.makedirs(root, exist_ok=True)   # the user's directory keeps its mode; ours below is private
         self.spool_dir = spool.ensure_dir(os.path.join(root, f"{environment_name}-{uuid.uuid4().hex[:12]}"))
         self._gate = EventGate(self.spool_dir)
         try:
@@ -198,7 +198,7 @@ class BackendAdapterEnvironmentExecutor(EnvironmentExecutor):
             self._poller.cancel()
             await asyncio.gather(self._poller, return_exceptions=True)
             self._poller = None
-        adapter, self._closing = self.adapter, True
+        adapter = self.adapter
         try:
             if adapter is not None and not getattr(adapter, "_closed", False):
                 adapter._closed = True  # the adapter stays readable (e.g. its submission record)
@@ -332,28 +332,31 @@ class BackendAdapterEnvironmentExecutor(EnvironmentExecutor):
                 names = []
             for name in names:
                 if name.endswith(".event") and not name.startswith("."):
-                    self._read_event_file(os.path.join(self.events_dir, name))
+                    try:
+                        self._read_event_file(os.path.join(self.events_dir, name))
+                    except Exception:  # one bad file must not stop the channel
+                        log.exception("wove: could not process event file %s", name)
             await asyncio.sleep(interval)
 
     def _read_event_file(self, path: str) -> None:
+        """Same rules as the HTTP receiver; a file whose content is not readable yet stays for the next round."""
         assert self._gate is not None
         try:
             with open(path, "rb") as handle:
                 head, _, body = handle.read().partition(b"\n")
         except OSError:
             return
-        spool.remove(path)
         try:
             envelope = protocol_json_loads(head)
-            run_id, event = str(envelope["run"]), str(envelope["event"])
-            incarnation, seq, signature = envelope["incarnation"], envelope["seq"], str(envelope["signature"])
+            fields = (str(envelope["run"]), str(envelope["event"]), str(envelope["incarnation"]),
+                      str(envelope["seq"]), str(envelope["signature"]))
         except (ValueError, KeyError, TypeError):
+            spool.remove(path)
             return
-        if self._gate.check(run_id, event, str(incarnation), str(seq), signature, body) != OK:
+        status, frame = self._gate.accept(*fields, body)
+        if status == UNAVAILABLE:
             return
-        if self._gate.is_finished(run_id) and event != "task_cancelled":
-            return  # late event of a finished run: authentic, ignored, never decoded
-        frame = self._gate.decode(run_id, event, int(incarnation), body)
+        spool.remove(path)
         if frame is not None:
             self._on_verified(frame)
 

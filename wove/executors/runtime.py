@@ -282,8 +282,8 @@ class RemoteEnvironment:
         record = run.record
         if kind == "task_cancelled" and run.acked is not None and not run.acked.done():
             run.acked.set_result(None)
-        if run.future.done():
-            return
+        if run.future.done() or (kind == "task_cancelled" and run.cancel_requested):
+            return  # a late event, or the acknowledgement of our own cancel_task
         run.last_event = time.monotonic()
         if kind == "task_started":
             run.started = True
@@ -311,10 +311,16 @@ class RemoteEnvironment:
                 f"(environment {self.name!r})", source="executor")
             run.future.set_exception(rebuild_exception(frame.get("exception"), error))
 
-    @property
-    def handles_workers(self) -> bool:
-        """True when the executor enforces a mapped task's ``workers`` itself (Slurm's array ``%N``)."""
-        return bool(getattr(self.executor, "handles_workers", False))
+    def handles_workers(self, items: int, settings: dict[str, Any]) -> bool:
+        """True when the executor can enforce a mapped task's ``workers`` itself (Slurm's array ``%N``).
+
+        Only when all items go out together: a launch-rate limit or an in-flight cap would trickle them
+        out as separate jobs that no array throttle covers.
+        """
+        if not getattr(self.executor, "handles_workers", False) or settings["limit_per_minute"]:
+            return False
+        cap = self.runtime.resolver.task_value("delivery_max_in_flight", {}, self.name)
+        return cap is None or cap >= items
 
     def adjust_for_retry(self, exc: BaseException, resources: Optional[dict[str, Any]],
                          settings: dict[str, Any]) -> Optional[dict[str, Any]]:

@@ -11,14 +11,13 @@ import asyncio
 import base64
 import json
 import os
-import pickle
 import shlex
 import sys
 from collections.abc import Mapping
 from typing import Any, Optional
 
 from ..dispatch import protocol
-from ..dispatch.error_payload import error_dict
+from ..dispatch.events import unpack
 from ..errors import EnvironmentExecutionError, ExecutorStartError
 from .adapter import cloudpickle_module, import_path
 from .base import EnvironmentExecutor
@@ -73,19 +72,26 @@ class StdioExecutor(EnvironmentExecutor):
 
     async def _read(self) -> None:
         assert self.process is not None and self.process.stdout is not None and self._queue is not None
-        while True:
-            line = await self.process.stdout.readline()
-            if not line:
-                break
-            try:
-                frame = json.loads(line)
-            except ValueError:
-                continue
-            self._queue.put_nowait(_unpack(frame))
-        code = await self.process.wait()
-        self._queue.put_nowait(EnvironmentExecutionError(
-            f"stdio worker of environment {self._environment!r} exited with code {code} "
-            f"({_describe_exit(code)}); its running tasks are lost"))
+        process, ending = self.process, None
+        try:
+            while True:
+                line = await process.stdout.readline()  # type: ignore[union-attr]
+                if not line:
+                    break
+                try:
+                    self._queue.put_nowait(unpack(json.loads(line)))
+                except ValueError:
+                    continue
+            code = await process.wait()
+            ending = (f"stdio worker of environment {self._environment!r} exited with code {code} "
+                      f"({_describe_exit(code)}); its running tasks are lost")
+        except asyncio.CancelledError:
+            ending = f"stdio executor of environment {self._environment!r} was stopped"
+            raise
+        except Exception as exc:  # e.g. a line over the size limit: fail the runs instead of hanging them
+            ending = f"stdio executor of environment {self._environment!r} stopped reading: {exc}"
+        finally:
+            self._queue.put_nowait(EnvironmentExecutionError(ending or "stdio executor stopped"))
 
     async def send(self, frame: dict[str, Any]) -> None:
         assert self.process is not None and self.process.stdin is not None, "executor used before start()"
@@ -142,24 +148,6 @@ class StdioExecutor(EnvironmentExecutor):
         if self._reader is not None:
             self._reader.cancel()
             await asyncio.gather(self._reader, return_exceptions=True)
-
-
-def _unpack(frame: dict[str, Any]) -> dict[str, Any]:
-    """Unpickle a frame's result/exception; a result that cannot be rebuilt here fails its task."""
-    if "result_pickle" in frame:
-        try:
-            frame["result"] = pickle.loads(base64.b64decode(frame.pop("result_pickle")))
-        except Exception as exc:
-            frame["type"] = "task_error"
-            frame["error"] = error_dict(type(exc).__name__, "the task finished but its result could not be "
-                                        f"unpickled in the weave process: {type(exc).__name__}: {exc}",
-                                        source="transport")
-    if "exception_pickle" in frame:
-        try:
-            frame["exception"] = pickle.loads(base64.b64decode(frame.pop("exception_pickle")))
-        except Exception:  # the type may not exist here: the error dict still describes it
-            frame["exception"] = None
-    return frame
 
 
 def _describe_exit(code: Optional[int]) -> str:

@@ -9,6 +9,9 @@ Helpers for a custom ``submit(payload, frame, config)`` (see the README for a fu
 - ``parse_job_id(output)``: the job id in sbatch's output (``N``, ``N;cluster`` or ``Submitted batch job N``).
 - ``await submit_job(payload, *sbatch_args, config=config)``: the whole default submission with extra
   sbatch options; returns the job id.
+
+Inside a task running on Slurm, ``time_limit_near()`` turns true once the job received the warning signal
+requested with ``executor_config["signal_before_timeout"]`` (a good moment to checkpoint and return).
 """
 
 from __future__ import annotations
@@ -35,8 +38,15 @@ __all__ = [
     "DEFAULT_COMMAND", "SlurmBootFailError", "SlurmCancelledError", "SlurmCommandError", "SlurmError",
     "SlurmJobError", "SlurmJobFailedError", "SlurmNodeFailError", "SlurmOutOfMemoryError",
     "SlurmPreemptedError", "SlurmQueueTimeoutError", "SlurmTimeLimitError", "job_environment", "job_name",
-    "parse_job_id", "submit_job", "worker_command",
+    "parse_job_id", "submit_job", "time_limit_near", "worker_command",
 ]
+
+
+def time_limit_near() -> bool:
+    """True once this job was warned (SIGUSR1 via ``signal_before_timeout``) that its time is nearly up."""
+    from ..dispatch.worker import TIME_WARNING
+
+    return TIME_WARNING.is_set()
 
 
 def job_environment(payload: dict[str, Any]) -> dict[str, str]:

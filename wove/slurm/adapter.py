@@ -14,7 +14,6 @@ import inspect
 import logging
 import os
 import re
-import shlex
 import shutil
 import time
 import uuid
@@ -88,6 +87,7 @@ class SlurmAdapter(BackendAdapter):
         self._cancel_flush: Optional[asyncio.Task[None]] = None
         self._live: dict[str, set[str]] = {}        # array job id -> element keys not yet resolved
         self._pending: set[asyncio.Task[Any]] = set()
+        self._array_files: dict[str, tuple[str, set[str]]] = {}    # array job id -> (spool file, live runs)
         self._detached_keys: set[str] = set()
         self.monitor = JobMonitor(
             self._report, squeue=config.get("squeue") or ["squeue"], sacct=config.get("sacct") or ["sacct"],
@@ -99,6 +99,8 @@ class SlurmAdapter(BackendAdapter):
 
     # ------------------------------------------------------------------ submit
     async def submit(self, payload: dict[str, Any], frame: dict[str, Any]) -> str:
+        if self.signal_seconds:
+            payload["time_warning_signal"] = "SIGUSR1"   # the worker tells the task instead of stopping it
         if self.custom_submit is not None:
             return await self._custom_submit(payload, frame)
         task_resources = resources.merge(self.env_resources, frame.get("resources"))
@@ -121,15 +123,36 @@ class SlurmAdapter(BackendAdapter):
             raise
 
     async def _custom_submit(self, payload: dict[str, Any], frame: dict[str, Any]) -> str:
-        handle = self.custom_submit(payload, frame, self.config)
+        # Its own task, so a caller cancelled mid-submission cannot lose a job that got submitted anyway.
+        task = asyncio.get_running_loop().create_task(self._call_custom_submit(payload, frame))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            run_id = payload["run_id"]
+
+            def abandon(done: asyncio.Task[str]) -> None:
+                if not done.cancelled() and done.exception() is None:
+                    self.monitor.resolved(run_id)
+                    self._queue_cancel(done.result())
+            task.add_done_callback(abandon)
+            raise
+
+    async def _call_custom_submit(self, payload: dict[str, Any], frame: dict[str, Any]) -> str:
+        submit = self.custom_submit
+        if inspect.iscoroutinefunction(submit):
+            handle = await submit(payload, frame, self.config)
+        else:  # a sync submit (subprocess.run(["sbatch", ...])) must not block the event loop
+            handle = await asyncio.get_running_loop().run_in_executor(None, submit, payload, frame, self.config)
         if inspect.isawaitable(handle):
             handle = await handle
         if handle is None:
             raise SlurmCommandError(
                 f"the custom submit callable for environment {self.name!r} returned None; it must return "
                 "the job id (for example the output of `sbatch --parsable`)")
-        key = commands.parse_job_id(str(handle)) if not re.fullmatch(r"\d+(_\d+)?", str(handle).strip()) \
-            else str(handle).strip()
+        text = str(handle).strip()
+        key = text if re.fullmatch(r"\d+(_\d+)?", text) else commands.parse_job_id(text)
         self.submissions.append({"argv": ["<custom submit>"], "items": 1, "job_id": key})
         item = _Item(payload, frame, asyncio.get_running_loop().create_future())
         self._track(item, key)
@@ -147,22 +170,23 @@ class SlurmAdapter(BackendAdapter):
         task.add_done_callback(self._pending.discard)
 
     async def _flush(self, batch: _Batch, items: list[_Item]) -> None:
-        try:
-            if len(items) == 1 or not self.arrays:
-                await asyncio.gather(*(self._submit_single(batch, item) for item in items))
-                return
-            max_size = await self._max_array_size()
-            per_job = max(1, self.items_per_job)
-            chunk = max_size * per_job
-            await asyncio.gather(*(self._submit_array(batch, items[start:start + chunk])
-                                   for start in range(0, len(items), chunk)))
-        except BaseException as exc:
-            for item in items:
-                if not item.future.done():
-                    item.future.set_exception(exc)
-                    item.future.exception()
-            if not isinstance(exc, Exception):
-                raise
+        """Submit a batch: single jobs, or arrays split at MaxArraySize. A failed sbatch fails its own items only."""
+        if len(items) == 1 or not self.arrays:
+            groups = [[item] for item in items]
+            calls = [self._submit_single(batch, item) for item in items]
+        else:
+            chunk = await self._max_array_size() * max(1, self.items_per_job)
+            groups = [items[start:start + chunk] for start in range(0, len(items), chunk)]
+            # A throttle (workers=N) is shared between the chunks so the whole map stays within N.
+            throttle = max(1, batch.workers // len(groups)) if batch.workers else None
+            calls = [self._submit_array(batch, group, throttle) for group in groups]
+        outcomes = await asyncio.gather(*calls, return_exceptions=True)
+        for group, outcome in zip(groups, outcomes):
+            if isinstance(outcome, BaseException):
+                for item in group:
+                    if not item.future.done():
+                        item.future.set_exception(outcome)
+                        item.future.exception()
 
     def _common_args(self, batch: _Batch, task_resources: dict[str, Any]) -> list[str]:
         args = [f"--job-name={self.prefix}-{_job_name(batch.task)}"]
@@ -175,7 +199,7 @@ class SlurmAdapter(BackendAdapter):
         setup = task_resources.get("setup") or []
         if setup:
             return [], resources.batch_script(self.command, setup).encode()
-        return ["--wrap", _exec(self.command)], None
+        return ["--wrap", resources.exec_command(self.command)], None
 
     async def _submit_single(self, batch: _Batch, item: _Item) -> None:
         task_resources = resources.merge(batch.resources, item.frame.get("resources") or {})
@@ -186,22 +210,31 @@ class SlurmAdapter(BackendAdapter):
         job_id = await self._sbatch(argv, encoded, stdin, items=1)
         self._deliver(item, job_id, os.path.join(self.log_dir, f"{job_id}.err"), task_resources)
 
-    async def _submit_array(self, batch: _Batch, items: list[_Item]) -> None:
+    async def _submit_array(self, batch: _Batch, items: list[_Item], workers: Optional[int]) -> None:
         per_job = max(1, self.items_per_job)
         elements = (len(items) + per_job - 1) // per_job
         path = os.path.join(self.spool_dir, f"array-{uuid.uuid4().hex}.payloads")
         spool.write_array(path, [_spool_text(item.payload) for item in items], per_job)
-        throttle = f"%{batch.workers}" if batch.workers else ""
+        throttle = f"%{workers}" if workers else ""
         script_args, stdin = self._script_args(batch.resources)
         argv = [*self.sbatch_base, *self._common_args(batch, batch.resources), f"--array=0-{elements - 1}{throttle}",
                 f"--output={self.log_dir}/%A_%a.out", f"--error={self.log_dir}/%A_%a.err", *script_args]
-        job_id = await self._sbatch(argv, protocol.SPOOL_PREFIX + path, stdin, items=len(items))
+        try:
+            job_id = await self._sbatch(argv, protocol.SPOOL_PREFIX + path, stdin, items=len(items))
+        except BaseException:
+            spool.remove(path)
+            raise
         self._live[job_id] = {f"{job_id}_{index}" for index in range(elements)}
+        self._array_files[job_id] = (path, {item.payload["run_id"] for item in items})
         for index, item in enumerate(items):
             key = f"{job_id}_{index // per_job}"
-            self._deliver(item, key, os.path.join(self.log_dir, f"{key}.err"), batch.resources)
+            # A packed element is cancelled only when every item in it is unwanted.
+            share = items[index - index % per_job:index - index % per_job + per_job]
+            self._deliver(item, key, os.path.join(self.log_dir, f"{key}.err"), batch.resources,
+                          cancel=all(other.cancelled or other.future.done() for other in share))
 
-    def _deliver(self, item: _Item, key: str, stderr_path: str, task_resources: dict[str, Any]) -> None:
+    def _deliver(self, item: _Item, key: str, stderr_path: str, task_resources: dict[str, Any],
+                 cancel: bool = True) -> None:
         record = item.frame.get("record")
         if record is not None:
             record.job_id = key
@@ -212,9 +245,11 @@ class SlurmAdapter(BackendAdapter):
             record.state = "PENDING"
             record.details["stderr"] = stderr_path
             record.details["submit_done"] = time.perf_counter()
-        if item.cancelled:  # cancelled while sbatch ran: nobody waits for this job
-            self._queue_cancel(key)
-        elif not item.future.done():
+        if item.cancelled or item.future.done():  # nobody waits for this job any more
+            self._run_done(item.payload["run_id"])
+            if cancel:
+                self._queue_cancel(key)
+        else:
             self._track(item, key, stderr_path, task_resources)
             item.future.set_result(key)
 
@@ -244,9 +279,7 @@ class SlurmAdapter(BackendAdapter):
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 10.0)
         job_id = commands.parse_job_id(out)
-        self.submissions.append({"argv": [a for a in argv if a not in (self.command, _exec(self.command))],
-                                 "items": items,
-                                 "job_id": job_id})
+        self.submissions.append({"argv": list(argv), "items": items, "job_id": job_id})
         return job_id
 
     async def _max_array_size(self) -> int:
@@ -270,18 +303,32 @@ class SlurmAdapter(BackendAdapter):
         key = self.monitor.key_of(run_id)
         self.monitor.resolved(run_id)
         if key is not None:
-            self._detached_keys.add(key.split("_", 1)[0])
+            base = key.split("_", 1)[0]
+            self._detached_keys.add(base)
+            self._array_files.pop(base, None)   # its payloads must stay readable
+
+    def _run_done(self, run_id: str) -> None:
+        """A run ended: delete its array's spool file once no item of the array needs it."""
+        for job_id, (path, runs) in list(self._array_files.items()):
+            if run_id in runs:
+                runs.discard(run_id)
+                if not runs:
+                    spool.remove(path)
+                    del self._array_files[job_id]
+                return
 
     # ------------------------------------------------------------------ cancel
     async def cancel(self, run_id: str, submission: Any, frame: dict[str, Any]) -> None:
         key = self.monitor.key_of(run_id) or (str(submission) if submission else None)
         self.monitor.resolved(run_id)
-        if key is None or self.monitor.jobs.get(key):  # other items still use this packed element
-            return
-        self._queue_cancel(key)
-        flush = self._cancel_flush
-        if flush is not None:
-            await asyncio.shield(flush)
+        self._run_done(run_id)
+        if key is not None and not self.monitor.jobs.get(key):  # no other item still uses the element
+            self._queue_cancel(key)
+            flush = self._cancel_flush
+            if flush is not None:
+                await asyncio.shield(flush)
+        # scancel has answered: that is the acknowledgement a pending job will never send itself.
+        self.emit({"type": "task_cancelled", "run_id": run_id, "acknowledged_by": "scancel"})
 
     def _queue_cancel(self, key: str) -> None:
         self._cancel_keys.append(key)
@@ -311,14 +358,24 @@ class SlurmAdapter(BackendAdapter):
                 chosen.extend(sorted(wanted))
         return chosen
 
-    async def _scancel(self, keys: list[str]) -> None:
+    async def _scancel(self, keys: list[str], patience: float = 30.0) -> None:
+        """scancel, retried with backoff while the controller does not answer (bounded by ``patience``)."""
         if not keys:
             return
+        deadline = time.monotonic() + patience
         for start in range(0, len(keys), 500):
-            try:
-                await commands.run([*self.scancel_base, *keys[start:start + 500]], timeout=60.0)
-            except SlurmCommandError as exc:
-                log.warning("wove: %s", exc)
+            chunk = keys[start:start + 500]
+            delay = 0.5
+            while True:
+                try:
+                    await commands.run([*self.scancel_base, *chunk], timeout=30.0)
+                    break
+                except SlurmCommandError as exc:
+                    if time.monotonic() + delay > deadline:
+                        log.warning("wove: could not cancel Slurm jobs %s: %s", " ".join(chunk), exc)
+                        break
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 5.0)
 
     async def _drain(self, timeout: float) -> None:
         """Wait (bounded) until no job of this weave is pending, running or completing in Slurm."""
@@ -328,8 +385,9 @@ class SlurmAdapter(BackendAdapter):
         while base_ids and time.monotonic() < deadline:
             try:
                 active = await self.monitor.active_jobs(base_ids)
-            except SlurmCommandError:
-                return
+            except SlurmCommandError:  # controller briefly away: keep trying until the deadline
+                await asyncio.sleep(1.0)
+                continue
             if not active:
                 return
             base_ids = sorted({key.split("_", 1)[0] for key in active}, key=int)
@@ -346,10 +404,12 @@ class SlurmAdapter(BackendAdapter):
             return None  # wait for Slurm's verdict: time limit, preemption, requeue or cancellation
         if kind in protocol.OUTCOME_TYPES:
             self.monitor.resolved(run_id)
+            self._run_done(run_id)
         return frame
 
     def _report(self, run_id: str, frame: dict[str, Any]) -> None:
         self.failed_jobs += 1
+        self._run_done(run_id)
         self.emit(frame)
 
     def adjust_for_retry(self, exc: BaseException, task_resources: Optional[dict[str, Any]],
@@ -371,17 +431,21 @@ class SlurmAdapter(BackendAdapter):
 
     # ------------------------------------------------------------------ close
     async def close(self) -> None:
-        for task in list(self._pending):
-            task.cancel()
+        drain_timeout = float(self.config.get("drain_timeout") or 30.0)
         if self._pending:
-            await asyncio.gather(*self._pending, return_exceptions=True)
+            # Let submissions in flight finish: killing sbatch could leave a job whose id we never learn.
+            _, late = await asyncio.wait(set(self._pending), timeout=drain_timeout)
+            for task in late:
+                task.cancel()
+            if late:
+                await asyncio.gather(*late, return_exceptions=True)
         if self._cancel_flush is not None:
             await asyncio.gather(self._cancel_flush, return_exceptions=True)
         await self.monitor.stop()
         leftover = sorted(self.monitor.jobs)
         if leftover:  # safety net: nothing of this weave stays queued
             await self._scancel(self._compact(leftover))
-        await self._drain(float(self.config.get("drain_timeout") or 30.0))
+        await self._drain(drain_timeout)
         keep = self.keep_logs is True or (self.keep_logs == "on_failure" and self.failed_jobs)
         if keep:
             log.info("wove: Slurm job logs kept in %s", self.log_dir)
@@ -398,14 +462,6 @@ class _NullRecord:
         self.started_at = None
 
 
-def _exec(command: str) -> str:
-    """``exec <command>`` for a simple command, so the worker *is* the batch shell and receives the
-    ``--signal=B:...`` warning itself; compound shell commands are left as they are."""
-    if any(char in command for char in ";&|<>()$`\n") or command.startswith("exec "):
-        return command
-    return f"exec {command}"
-
-
 def _job_name(task: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", task)[:100] or "task"
 
@@ -414,12 +470,3 @@ def _spool_text(payload: dict[str, Any]) -> str:
     import json
 
     return json.dumps(payload, separators=(",", ":"))
-
-
-def worker_command(config: Optional[dict[str, Any]] = None) -> str:
-    """The command a job runs: ``executor_config['command']`` or ``python -m wove.backend_worker``."""
-    return (config or {}).get("command") or DEFAULT_COMMAND
-
-
-def quote_command(argv: list[str]) -> str:
-    return " ".join(shlex.quote(a) for a in argv)

@@ -28,6 +28,8 @@ _SQUEUE_FIELDS = ("JobID", "JobArrayID", "ArrayTaskID", "State", "Reason", "Node
                   "TimeLimit", "MinMemory", "exit_code", "RestartCnt", "STDERR")
 _SACCT_FIELDS = ("JobID", "State", "ExitCode", "NodeList", "ElapsedRaw", "ReqMem", "Timelimit", "Reason")
 STDERR_TAIL_LINES = 20
+# Pending reasons that are not queue time: wove's own array throttle (workers=N) and dependencies.
+_NOT_QUEUE_WAIT = ("JobArrayTaskLimit", "Dependency")
 LOST_AFTER_SECONDS = 30.0
 
 
@@ -47,6 +49,7 @@ class TrackedJob:
     terminal_since: Optional[float] = None
     missing_since: Optional[float] = None
     held_signal: dict[str, str] = field(default_factory=dict)  # run_id -> signal the worker reported
+    pending_since: Optional[float] = None   # start of the wait that counts against queue_timeout
     restarts: int = 0
 
 
@@ -76,6 +79,8 @@ class JobMonitor:
         self.accounting: Optional[bool] = None       # learned on first use of sacct
         self.calls = {"squeue": 0, "sacct": 0, "scontrol": 0}
         self.outage_since: Optional[float] = None
+        self._recheck_at: Optional[float] = None
+        self._side_tasks: set[asyncio.Task[None]] = set()
 
     # ------------------------------------------------------------------ tracking
     def track(self, key: str, task: str, run_id: str, record: Any, *, stderr_path: str = "",
@@ -88,7 +93,10 @@ class JobMonitor:
                                               memory_history=list(memory_history or []))
         job.runs[run_id] = record
         self._run_to_key[run_id] = key
-        self.poke()
+        self.interval = self.poll_floor   # new work: look often again (without an extra poll right now)
+        self._quiet_since = time.monotonic()
+        if len(self.jobs) == 1 and len(job.runs) == 1:
+            self._wake.set()   # the loop sleeps while there is nothing to watch
 
     def resolved(self, run_id: str) -> None:
         """The run's outcome arrived (or the weave cancelled it): stop watching it."""
@@ -129,6 +137,8 @@ class JobMonitor:
         if task is not None:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
+        if self._side_tasks:
+            await asyncio.gather(*self._side_tasks, return_exceptions=True)
 
     async def _loop(self) -> None:
         while True:
@@ -136,8 +146,12 @@ class JobMonitor:
                 self._wake.clear()
                 await self._wake.wait()
             self._wake.clear()
+            wait = self.interval
+            if self._recheck_at is not None:
+                wait = max(0.0, min(wait, self._recheck_at - time.monotonic()))
+                self._recheck_at = None
             try:
-                await asyncio.wait_for(self._wake.wait(), self.interval)
+                await asyncio.wait_for(self._wake.wait(), wait)
             except asyncio.TimeoutError:
                 pass
             if not self.jobs:
@@ -176,7 +190,11 @@ class JobMonitor:
             self.outage_since = None
         missing = [key for key in keys if key not in infos]
         if missing:
-            infos.update(await self._sacct(sorted({k.split("_", 1)[0] for k in missing}, key=int)))
+            missing_ids = sorted({k.split("_", 1)[0] for k in missing}, key=int)
+            infos.update(await self._sacct(missing_ids))
+            if self.accounting is False:   # no accounting: ask the controller directly
+                for base_id in missing_ids:
+                    infos.update(await self._scontrol(base_id))
         now = time.monotonic()
         changed = False
         for key in keys:
@@ -226,8 +244,12 @@ class JobMonitor:
             job.terminal_since = None
             if job.held_signal and info.state in (JobState.REQUEUED, JobState.REQUEUE_HOLD, JobState.PENDING):
                 job.held_signal.clear()
+            if info.reason in _NOT_QUEUE_WAIT:   # held back by wove's own throttle or a dependency
+                job.pending_since = None
+            elif job.pending_since is None:
+                job.pending_since = now
             if (info.state is JobState.PENDING and self.queue_timeout is not None
-                    and now - job.submitted > self.queue_timeout):
+                    and job.pending_since is not None and now - job.pending_since > self.queue_timeout):
                 self._queue_timeout(job, info)
             elif info.state is JobState.PENDING and changed:
                 log.debug("wove: job %s pending (%s)", job.key, info.reason)
@@ -237,7 +259,8 @@ class JobMonitor:
             return changed
         if job.terminal_since is None:
             job.terminal_since = now
-            self._wake.set()  # look again right after the grace period
+            recheck = now + self.grace   # look again right after the grace period
+            self._recheck_at = recheck if self._recheck_at is None else min(self._recheck_at, recheck)
             return True
         if now - job.terminal_since >= self.grace:
             self._fail(job, info)
@@ -251,9 +274,6 @@ class JobMonitor:
         tail = _tail(path) if self.read_stderr and path else ""
         for run_id, record in list(job.runs.items()):
             signal_name = job.held_signal.get(run_id, "")
-            if signal_name == "SIGUSR1" and info.state in (JobState.COMPLETED, JobState.FAILED,
-                                                           JobState.CANCELLED):
-                info.state = JobState.TIMEOUT  # USR1 is Slurm's "time is nearly up" warning
             error = job_error(info, tail, task=job.task, log_path=path if os.path.exists(path) else "",
                               memory_history=job.memory_history, cancelled_signal=signal_name,
                               callback_url=self.callback_url)
@@ -264,13 +284,15 @@ class JobMonitor:
             self.resolved(run_id)
 
     def _queue_timeout(self, job: TrackedJob, info: JobInfo) -> None:
-        waited = time.monotonic() - job.submitted
+        waited = time.monotonic() - (job.pending_since or job.submitted)
         message = (f"Slurm job {job.key} (task {job.task!r}) was still pending after {waited:.0f}s "
                    f"(queue_timeout={self.queue_timeout}s), reason: {info.reason or 'unknown'}; it was "
                    "cancelled. Ask for fewer resources, another partition, or raise queue_timeout")
         error = SlurmQueueTimeoutError(message, job_id=info.job_id, array_index=info.array_index,
                                        state=info.state.value, reason=info.reason)
-        asyncio.get_running_loop().create_task(self._scancel([job.key]))
+        task = asyncio.get_running_loop().create_task(self._scancel([job.key]))
+        self._side_tasks.add(task)   # awaited by stop(), so the cancellation is never dropped
+        task.add_done_callback(self._side_tasks.discard)
         for run_id in list(job.runs):
             self._report(run_id, {"type": "task_error", "run_id": run_id, "exception": error,
                                   "error": {"kind": type(error).__name__, "message": message, "traceback": "",
@@ -350,19 +372,30 @@ class JobMonitor:
                 requested_memory=row["ReqMem"], requested_time=row["Timelimit"], cancelled_by=by)
         return infos
 
-    async def job_details(self, key: str) -> dict[str, str]:
-        """``scontrol show job`` fields for one job (used for messages and by the doctor)."""
+    async def _scontrol(self, job_id: str) -> dict[str, JobInfo]:
+        """``scontrol show job`` for a job that left ``squeue``'s view (clusters without accounting)."""
         self.calls["scontrol"] += 1
-        code, out, _ = await commands.run([*self.scontrol, "--oneliner", "show", "job", key], timeout=30.0,
-                                          check=False)
-        if code != 0:
+        try:
+            code, out, _ = await commands.run([*self.scontrol, "--oneliner", "show", "job", job_id], timeout=30.0,
+                                              check=False)
+        except SlurmCommandError:
             return {}
-        fields: dict[str, str] = {}
-        for token in out.split():
-            name, sep, value = token.partition("=")
-            if sep:
-                fields.setdefault(name, value)
-        return fields
+        infos = {}
+        for line in out.splitlines() if code == 0 else []:
+            fields: dict[str, str] = {}
+            for token in line.split():
+                name, sep, value = token.partition("=")
+                if sep:
+                    fields.setdefault(name, value)
+            array_job, task = fields.get("ArrayJobId"), fields.get("ArrayTaskId")
+            key = f"{array_job}_{task}" if array_job and task and task.isdigit() else fields.get("JobId", "")
+            exit_code, signal = parse_exit(fields.get("ExitCode", ""))
+            infos[key] = JobInfo(key=key, state=JobState.parse(fields.get("JobState", "")),
+                                 reason=fields.get("Reason", ""), node=fields.get("NodeList", ""),
+                                 exit_code=exit_code, signal=signal, elapsed=parse_duration(fields.get("RunTime", "")),
+                                 requested_time=fields.get("TimeLimit", ""), stderr_path=fields.get("StdErr", ""),
+                                 restarts=int(fields.get("Restarts", "0") or 0))
+        return infos
 
 
 def _mem_text(value: str) -> str:

@@ -9,7 +9,6 @@ error, so a typo never becomes a job that fails in the queue.
 from __future__ import annotations
 
 import re
-import shlex
 from collections.abc import Mapping
 from typing import Any, Callable, Optional
 
@@ -162,9 +161,16 @@ def sbatch_options(resources: Mapping[str, Any]) -> list[str]:
 
 def batch_script(command: str, setup: list[str]) -> str:
     """The job script used when ``setup`` lines must run before the worker (sbatch reads it on stdin)."""
-    last = command if any(c in command for c in ";&|<>()$`") or command.startswith("exec ") else f"exec {command}"
-    lines = ["#!/bin/bash", "set -e", *setup, last]
+    lines = ["#!/bin/bash", "set -e", *setup, exec_command(command)]
     return "\n".join(lines) + "\n"
+
+
+def exec_command(command: str) -> str:
+    """``exec <command>`` for a simple command, so the worker *is* the batch shell and receives the
+    ``--signal=B:...`` warning itself; compound shell commands are left as they are."""
+    if any(char in command for char in ";&|<>()$`\n") or command.startswith("exec "):
+        return command
+    return f"exec {command}"
 
 
 def signature(resources: Mapping[str, Any]) -> str:
@@ -182,7 +188,3 @@ def mem_mb(text: str) -> float:
 
 def scale_mem(text: str, factor: float) -> str:
     return f"{max(1, int(mem_mb(text) * factor))}M"
-
-
-def quote(command: str) -> str:
-    return shlex.quote(command)

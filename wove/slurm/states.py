@@ -8,7 +8,7 @@ time, the tail of the job's stderr) and what to change, so the user does not hav
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional
 
 from .. import errors
@@ -87,7 +87,6 @@ class JobInfo:
     stderr_path: str = ""
     cancelled_by: str = ""
     restarts: int = 0
-    extra: dict[str, str] = field(default_factory=dict)
 
     @property
     def job_id(self) -> str:
@@ -155,13 +154,9 @@ def job_error(info: JobInfo, stderr_tail: str = "", *, task: str = "", log_path:
     elif state is JobState.TIMEOUT or state is JobState.DEADLINE:
         cls = errors.SlurmTimeLimitError
         limit = info.requested_time or "its time limit"
-        if cancelled_signal == "SIGUSR1":
-            message = (f"{where} was warned with SIGUSR1 that its time limit of {limit} was near and stopped"
-                       f"{node}{elapsed}; raise time (resources={{'time': ...}}) or split the work into shorter "
-                       "tasks")
-        else:
-            message = (f"{where} hit its time limit of {limit} (state {state.value}{node}{elapsed}); raise time "
-                       f"(resources={{'time': ...}}) or split the work into shorter tasks")
+        message = (f"{where} hit its time limit of {limit} (state {state.value}{node}{elapsed}); raise time "
+                   f"(resources={{'time': ...}}), split the work into shorter tasks, or checkpoint when "
+                   "wove.slurm.time_limit_near() turns true (executor_config 'signal_before_timeout')")
     elif state is JobState.NODE_FAIL:
         cls = errors.SlurmNodeFailError
         message = (f"{where} was lost because node {info.node or '?'} failed or was set down{elapsed}; "
