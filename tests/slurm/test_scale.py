@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import time
@@ -253,3 +254,65 @@ def test_progress_lines_when_not_on_a_terminal(executor, prefix, capsys):
 
 
 _ = Path
+
+
+def test_throttled_array_elements_do_not_count_against_queue_timeout(executor, prefix):
+    executor(queue_timeout=3)
+    with weave() as w:
+        @w.do(range(4), environment="slurm", workers=1)
+        def one_at_a_time(x):
+            time.sleep(2)
+            return x
+
+    # 4 elements x 2 s, one at a time: the later ones wait (JobArrayTaskLimit) far longer than 3 s
+    assert w.result.one_at_a_time == [0, 1, 2, 3]
+
+
+def test_require_ack_cancel_of_a_pending_job_is_quick(executor, prefix):
+    executor(sbatch_args=["--begin=now+3600"])
+    started = time.monotonic()
+    with pytest.raises(ValueError, match="give up"):
+        with weave(delivery_cancel_mode="require_ack") as w:
+            @w.do(environment="slurm")
+            def never_starts():
+                return 1
+
+            @w.do
+            def give_up():
+                time.sleep(2)
+                raise ValueError("give up")
+
+    assert time.monotonic() - started < 20   # no 30 s wait for an acknowledgement a pending job cannot send
+    assert squeue_jobs(prefix) == []
+
+
+def test_sync_custom_submit_does_not_block_the_event_loop(executor, prefix):
+    import wove.slurm
+
+    def slow_submit(payload, frame, config):
+        time.sleep(0.5)   # a slow, blocking sbatch wrapper
+        env = {**os.environ, **wove.slurm.job_environment(payload)}
+        out = subprocess.run(["sbatch", "--parsable", f"--job-name={wove.slurm.job_name(payload, config)}",
+                              "--mem=100M", "--wrap", wove.slurm.worker_command(config)],
+                             env=env, capture_output=True, text=True, check=True).stdout
+        return out
+
+    executor(submit=slow_submit)
+    ticks = []
+
+    async def main():
+        async with weave() as w:
+            @w.do(range(4), environment="slurm")
+            def remote(x):
+                return x
+
+            @w.do
+            async def ticker():
+                for _ in range(20):
+                    ticks.append(time.monotonic())
+                    await asyncio.sleep(0.05)
+        return w.result
+
+    result = asyncio.run(main())
+    assert result.remote == [0, 1, 2, 3]
+    assert max(b - a for a, b in zip(ticks, ticks[1:])) < 0.4
