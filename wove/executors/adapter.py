@@ -128,6 +128,9 @@ class BackendAdapterEnvironmentExecutor(EnvironmentExecutor):
         self._runs: dict[str, dict[str, Any]] = {}
         self._detached: set[str] = set()
         self._config: dict[str, Any] = {}
+        self._static: Optional[dict[str, Any]] = None
+        self._callables: dict[int, tuple[Any, str]] = {}
+        self._active = False
 
     # ---------------------------------------------------------------- configuration
     def validate_config(self, config: dict[str, Any], *, environment: str) -> dict[str, Any]:  # type: ignore[override]
@@ -137,6 +140,14 @@ class BackendAdapterEnvironmentExecutor(EnvironmentExecutor):
     # ---------------------------------------------------------------- lifecycle
     async def start(self, *, environment_name: str, environment_config: Mapping[str, Any],
                     run_config: Mapping[str, Any]) -> None:
+        if self._active:
+            raise ExecutorStartError(
+                f"environment {environment_name!r}: this {type(self).__name__} instance is already serving "
+                "another weave; weaves that run at the same time need their own instance (or name the "
+                "executor, e.g. 'slurm', and wove makes one per weave)")
+        self._active = True
+        # Fresh per-run state: an instance may serve several weaves one after another.
+        self._runs, self._detached, self._static, self._callables = {}, set(), None, {}
         cloudpickle_module()
         missing = [m for m in self.adapter_class.required_modules if importlib.util.find_spec(m) is None]
         if missing:
@@ -213,6 +224,7 @@ class BackendAdapterEnvironmentExecutor(EnvironmentExecutor):
                 else:
                     shutil.rmtree(self.spool_dir, ignore_errors=True)
             self._runs.clear()
+            self._active = False
 
     # ---------------------------------------------------------------- frames
     async def send(self, frame: dict[str, Any]) -> None:
@@ -292,32 +304,44 @@ class BackendAdapterEnvironmentExecutor(EnvironmentExecutor):
     def build_payload(self, frame: dict[str, Any]) -> dict[str, Any]:
         """The documented payload for a ``run_task`` frame, plus our signing and version fields."""
         cloudpickle = cloudpickle_module()
-        versions = protocol.version_info()
-        config = self._config
+        if self._static is None:   # the same for every payload of this environment run
+            config = self._config
+            self._static = {
+                "version": protocol.PAYLOAD_VERSION,
+                "adapter": self.adapter_name,
+                "callback_url": self.callback_url,
+                **protocol.version_info(),
+                "max_body": self._receiver.max_body if self._receiver is not None else 0,
+                "spool_dir": self.spool_dir,
+                "result_channel": config.get("result_channel", "http"),
+                # Functions pickled by reference import on the job when it can see the same directories.
+                "sys_path": import_path(),
+            }
+            if self._static["result_channel"] == "filesystem":
+                self._static["events_dir"] = self.events_dir
         delivery = dict(frame.get("delivery") or {})
-        if config.get("post_timeout"):
-            delivery["post_timeout"] = config["post_timeout"]
-        payload = {
-            "version": protocol.PAYLOAD_VERSION,
-            "adapter": self.adapter_name,
-            "callback_url": self.callback_url,
+        if self._config.get("post_timeout"):
+            delivery["post_timeout"] = self._config["post_timeout"]
+        func = frame["callable"]
+        if frame.get("map_index") is not None:
+            # The items of one mapped task share their function: pickle it once (a map of 5,000 items
+            # would otherwise spend most of its submission time pickling the same function).
+            cached = self._callables.get(id(func))
+            if cached is None or cached[0] is not func:
+                cached = self._callables[id(func)] = (func, base64.b64encode(cloudpickle.dumps(func)).decode())
+            callable_pickle = cached[1]
+        else:
+            callable_pickle = base64.b64encode(cloudpickle.dumps(func)).decode("ascii")
+        return {
+            **self._static,
             "run_id": frame["run_id"],
             "task_id": frame.get("task_id"),
             "task_name": frame.get("task_name"),
-            "callable_pickle": base64.b64encode(cloudpickle.dumps(frame["callable"])).decode("ascii"),
+            "callable_pickle": callable_pickle,
             "args_pickle": base64.b64encode(cloudpickle.dumps(tuple(frame.get("args") or ((), {})))).decode(),
             "delivery": delivery,
             "signing": {"alg": "hmac-sha256", "key": protocol.new_key()},
-            **versions,
-            "max_body": self._receiver.max_body if self._receiver is not None else 0,
-            "spool_dir": self.spool_dir,
-            "result_channel": config.get("result_channel", "http"),
-            # Functions pickled by reference import on the job when it can see the same directories.
-            "sys_path": import_path(),
         }
-        if payload["result_channel"] == "filesystem":
-            payload["events_dir"] = self.events_dir
-        return payload
 
     def encode_payload(self, payload: dict[str, Any]) -> str:
         threshold = int(self._config.get("spool_threshold") or DEFAULT_SPOOL_THRESHOLD)
