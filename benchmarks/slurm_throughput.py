@@ -5,7 +5,9 @@
 For each N, in the same run and on the same cluster (scripts/local-slurm.sh advertises 64 CPUs on this
 2-core machine, so Slurm runs up to 64 jobs at once), it measures wall time until every job is done for:
 
-- wove: a weave mapping a trivial function over N items on Slurm (job arrays, one item per element);
+- wove: a weave mapping a trivial function over N items on Slurm (job arrays, one item per element), with
+  the function importable by the job (``bench_tasks.trivial``, pickled by reference) and defined in
+  ``__main__`` (pickled by value, so every job also imports cloudpickle);
 - wove packed: the same with ``items_per_job=50`` (one Python process runs 50 items), for N >= 1000;
 - floor, array: one ``sbatch --array`` (split at MaxArraySize) of ``python -c pass``, waited on until done;
 - floor, plain: N separate ``sbatch --wrap 'python -c pass'`` calls, waited on until done (N <= 1000).
@@ -28,6 +30,8 @@ import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench_tasks import trivial as trivial_by_reference
 
 import wove
 from wove import weave
@@ -77,7 +81,7 @@ def floor_plain(n: int) -> float:
     return time.perf_counter() - start
 
 
-def run_wove(n: int, items_per_job: int = 1) -> tuple[float, float, int]:
+def run_wove(n: int, items_per_job: int = 1, func=trivial_by_reference) -> tuple[float, float, int]:
     """Returns (wall seconds, submit-phase seconds, number of sbatch calls)."""
     prefix = f"wove{uuid.uuid4().hex[:6]}"
     wove._config.reset()
@@ -85,7 +89,7 @@ def run_wove(n: int, items_per_job: int = 1) -> tuple[float, float, int]:
         "job_name_prefix": prefix, "mem": "100M", "items_per_job": items_per_job}}})
     start = time.perf_counter()
     with weave() as w:
-        w.do(range(n), environment="slurm")(trivial)
+        w.do(range(n), environment="slurm")(func)
     elapsed = time.perf_counter() - start
     assert w.result.trivial == list(range(n))
     records = w.result.jobs["trivial"]
@@ -100,6 +104,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="1,50,200,1000,5000")
     parser.add_argument("--plain-max", type=int, default=1000, help="largest N for the one-sbatch-per-job floor")
+    parser.add_argument("--value-max", type=int, default=1000, help="largest N for the by-value function")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     if subprocess.run(["sinfo", "-h"], capture_output=True).returncode != 0:
@@ -109,17 +114,20 @@ def main() -> int:
     print(f"local Slurm, {cpus} CPUs advertised on {os.cpu_count()} real cores; python {sys.version.split()[0]}")
     asyncio.run(asyncio.sleep(0))
     run_wove(1)  # warm caches (imports, page cache of the venv)
-    header = (f"{'N':>6} {'wove s':>8} {'submit s':>9} {'arrays':>7} {'floor array s':>14} {'floor plain s':>14} "
-              f"{'wove/array':>11} {'wove/plain':>11} {'packed50 s':>11} {'packed/array':>13}")
+    header = (f"{'N':>6} {'wove ref s':>10} {'wove value s':>12} {'submit s':>9} {'floor array s':>14} "
+              f"{'floor plain s':>14} {'ref/array':>10} {'value/array':>12} {'ref/plain':>10} "
+              f"{'packed50 s':>11} {'packed/array':>13}")
     print(header)
+    nan = float("nan")
     for n in sizes:
-        wove_s, submit_s, calls = run_wove(n)
+        ref_s, submit_s, _ = run_wove(n)
+        value_s = run_wove(n, func=trivial)[0] if n <= args.value_max else nan
         array_s = floor_array(n)
-        plain_s = floor_plain(n) if n <= args.plain_max else float("nan")
-        packed_s = run_wove(n, items_per_job=50)[0] if n >= 1000 else float("nan")
-        print(f"{n:>6} {wove_s:>8.2f} {submit_s:>9.3f} {calls:>7} {array_s:>14.2f} {plain_s:>14.2f} "
-              f"{wove_s / array_s:>10.2f}x {wove_s / plain_s:>10.2f}x {packed_s:>11.2f} "
-              f"{packed_s / array_s:>12.2f}x", flush=True)
+        plain_s = floor_plain(n) if n <= args.plain_max else nan
+        packed_s = run_wove(n, items_per_job=50)[0] if n >= 1000 else nan
+        print(f"{n:>6} {ref_s:>10.2f} {value_s:>12.2f} {submit_s:>9.3f} {array_s:>14.2f} {plain_s:>14.2f} "
+              f"{ref_s / array_s:>9.2f}x {value_s / array_s:>11.2f}x {ref_s / plain_s:>9.2f}x "
+              f"{packed_s:>11.2f} {packed_s / array_s:>12.2f}x", flush=True)
     return 0
 
 
