@@ -2,8 +2,9 @@
 
 Every task starts the moment its last input is ready: there are no tier barriers, so a slow task only
 delays the tasks that actually need its value. Sync functions run in the weave's thread pool, async ones on
-the loop, remote ones through their environment's executor. Whatever the scheduler starts it also
-finishes or cancels before ``run()`` returns (the structured-concurrency rule), on every exit path.
+the loop, remote ones through their environment's executor. Every asyncio task and remote run the scheduler
+starts is finished or cancelled before ``run()`` returns, on every exit path; the one thing Python cannot
+cancel is a sync function already running in a thread, which is left to return on its own.
 """
 
 from __future__ import annotations
@@ -102,25 +103,23 @@ class Runtime:
         self._total = len(plan.tasks)
         self._finished = 0
         self._started: dict[str, float] = {}
-        self.observers: list[Callable[[str, str], None]] = []
 
     # ------------------------------------------------------------------ resources
+    def _new_pool(self, prefix: str) -> ThreadPoolExecutor:
+        def mark_thread(runtime: Runtime = self) -> None:   # lets merge() in a sync task find its weave
+            _thread_state.runtime = runtime
+        return ThreadPoolExecutor(self.max_workers, thread_name_prefix=prefix, initializer=mark_thread)
+
     def pool(self) -> ThreadPoolExecutor:
         if self._pool is None:
-            def _mark_thread(runtime: Runtime = self) -> None:
-                _thread_state.runtime = runtime
-            self._pool = ThreadPoolExecutor(self.max_workers, thread_name_prefix="wove",
-                                            initializer=_mark_thread)
+            self._pool = self._new_pool("wove")
         return self._pool
 
     def merge_pool(self) -> ThreadPoolExecutor:
         """Threads for sync calls merged from sync tasks: those tasks hold the main pool's threads while
         they wait, so merged work needs threads of its own or a full pool would deadlock."""
         if self._merge_pool is None:
-            def _mark_thread(runtime: Runtime = self) -> None:
-                _thread_state.runtime = runtime
-            self._merge_pool = ThreadPoolExecutor(self.max_workers, thread_name_prefix="wove-merge",
-                                                  initializer=_mark_thread)
+            self._merge_pool = self._new_pool("wove-merge")
         return self._merge_pool
 
     async def environment(self, name: str) -> Any:
@@ -220,12 +219,9 @@ class Runtime:
     def _launch(self, name: str) -> None:
         spec = self.plan.tasks[name]
         self._started[name] = time.perf_counter()
-        if self.observers:
-            for observer in self.observers:
-                observer(name, "started")
         try:
             self._running[name] = self._start(spec)
-        except Exception as exc:  # e.g. a bad map source: the task fails, the scheduler goes on
+        except Exception as exc:  # e.g. a bad idempotency key or setting: the task fails, the rest goes on
             self._complete(name, None, exc)
 
     def _start(self, spec: TaskSpec) -> asyncio.Future[Any]:
@@ -291,9 +287,6 @@ class Runtime:
         if error is None and not cancelled:  # the hot path, kept flat
             self._values[name] = self.result._values[name] = value
             self._finished += 1
-            if self.observers:
-                for observer in self.observers:
-                    observer(name, "done")
             if self._finished >= self._total and not self._waiter.done():
                 self._waiter.set_result(None)
             if self._stopping:
@@ -314,14 +307,14 @@ class Runtime:
                     f"({self._cancel_reason}); delivery_orphan_policy='fail' cancelled them"))
             else:
                 self.result._set_cancelled(name, self._cancel_reason)
-            self._finish_one(name, "cancelled")
+            self._finish_one()
             return
         if error is not None:
             self.result._set_error(name, error)
             if self._failure is None:
                 self._failure = error
                 self._failed_name = name
-            self._finish_one(name, "failed")
+            self._finish_one()
             if self._stopping:
                 return
             if self.error_mode == "raise":
@@ -331,11 +324,8 @@ class Runtime:
                 self._skip_dependents(name)
             return
 
-    def _finish_one(self, name: str, state: str) -> None:
+    def _finish_one(self) -> None:
         self._finished += 1
-        if self.observers:
-            for observer in self.observers:
-                observer(name, state)
         if self._finished >= self._total and self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
 
@@ -347,7 +337,7 @@ class Runtime:
                 continue
             self._remaining[child] = -1  # never launch
             self.result._set_cancelled(child, f"not started because task {failed!r} failed")
-            self._finish_one(child, "cancelled")
+            self._finish_one()
             stack.extend(self.plan.dependents[child])
 
     # ------------------------------------------------------------------ one task, with options

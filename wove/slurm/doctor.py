@@ -95,6 +95,26 @@ def _run_probe(executor_config: dict[str, Any], timeout: float) -> tuple[Optiona
     return value, elapsed, ""
 
 
+def _versions_check(remote: dict[str, Any]) -> Check:
+    """Python minor and cloudpickle must match (the job refuses otherwise); wove should match too."""
+    import platform
+
+    import cloudpickle
+
+    from .._version import __version__
+
+    here = {"python": ".".join(platform.python_version().split(".")[:2]), "cloudpickle": cloudpickle.__version__,
+            "wove": __version__}
+    there = {**remote, "python": ".".join(str(remote.get("python", "")).split(".")[:2])}
+    differ = [f"{name} {here[name]} here, {there.get(name)} on the node" for name in here
+              if str(there.get(name)) != here[name]]
+    if not differ:
+        return Check("versions (python, cloudpickle, wove)", True, "same on both sides")
+    return Check("versions (python, cloudpickle, wove)", False, "; ".join(differ),
+                 "install the same versions in the job environment (pip install \"wove[dispatch]==...\")",
+                 fatal=False)
+
+
 def _fix_for(error: str) -> str:
     lowered = error.lower()
     if "versionmismatch" in lowered or "job runs python" in lowered:
@@ -146,6 +166,7 @@ def run(args: argparse.Namespace) -> int:
                                 f"ran on {result['host']} as job {result['job']} in {seconds:.2f}s "
                                 f"(python {result['python']}, cloudpickle {result['cloudpickle']}, "
                                 f"wove {result['wove']})"))
+            checks.append(_versions_check(result))
         else:
             checks.append(Check("probe task round trip", False, error.splitlines()[0][:300], _fix_for(error)))
             if executor_config.get("result_channel", "http") == "http" and "could not deliver" in error.lower():
