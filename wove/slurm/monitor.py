@@ -31,6 +31,7 @@ STDERR_TAIL_LINES = 20
 # Pending reasons that are not queue time: wove's own array throttle (workers=N) and dependencies.
 _NOT_QUEUE_WAIT = ("JobArrayTaskLimit", "Dependency")
 LOST_AFTER_SECONDS = 30.0
+QUERY_COST_FACTOR = 10.0   # poll no more often than every 10x the time one squeue call takes
 
 
 @dataclass
@@ -80,6 +81,7 @@ class JobMonitor:
         self.calls = {"squeue": 0, "sacct": 0, "scontrol": 0}
         self.outage_since: Optional[float] = None
         self._recheck_at: Optional[float] = None
+        self.query_seconds = 0.0   # how long the last squeue call took
         self._side_tasks: set[asyncio.Task[None]] = set()
 
     # ------------------------------------------------------------------ tracking
@@ -171,6 +173,9 @@ class JobMonitor:
             self.interval = min(self.interval * 1.25, self.poll_max)
         else:
             self.interval = self.poll_floor
+        # squeue for several jobs makes slurmctld walk every job it holds: on a busy controller one call
+        # can take a noticeable fraction of a second. Keep monitoring under ~10% of that cost.
+        self.interval = min(max(self.interval, QUERY_COST_FACTOR * self.query_seconds), 30.0)
 
     # ------------------------------------------------------------------ one poll
     async def poll(self) -> None:
@@ -178,6 +183,7 @@ class JobMonitor:
         if not keys:
             return
         base_ids = sorted({key.split("_", 1)[0] for key in keys}, key=int)
+        started = time.monotonic()
         try:
             infos = await self._squeue(base_ids)
         except SlurmCommandError as exc:
@@ -185,6 +191,7 @@ class JobMonitor:
                 self.outage_since = time.monotonic()
                 log.warning("wove: squeue failed (%s); retrying with backoff, tasks keep waiting", exc)
             return
+        self.query_seconds = time.monotonic() - started
         if self.outage_since is not None:
             log.warning("wove: Slurm controller answers again after %.0fs", time.monotonic() - self.outage_since)
             self.outage_since = None
