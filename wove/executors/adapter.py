@@ -239,7 +239,10 @@ class BackendAdapterEnvironmentExecutor(EnvironmentExecutor):
                 if inspect.isawaitable(submission):
                     submission = await submission
             except BaseException:
-                self._forget(frame["run_id"])
+                if frame.get("submitted"):   # cancelled just after the job went in: keep it so it can be cancelled
+                    self._runs[frame["run_id"]]["submission"] = frame.get("submission")
+                else:
+                    self._forget(frame["run_id"])
                 raise
             info = self._runs.get(frame["run_id"])
             if info is not None:
