@@ -116,6 +116,7 @@ def test_custom_submit_callable_with_public_helpers(slurm_env, prefix, style):
         calls.append((payload["task_name"], frame["type"], config["job_name_prefix"]))
         env = {**os.environ, **wove.slurm.job_environment(payload)}
         out = subprocess.run(["sbatch", "--parsable", f"--job-name={wove.slurm.job_name(payload, config)}",
+                              f"--output={payload['log_dir']}/%j.out",
                               "--mem=200M", "--comment=custom-submit", "--wrap", wove.slurm.worker_command(config)],
                              env=env, capture_output=True, text=True, check=True).stdout
         return wove.slurm.parse_job_id(out)

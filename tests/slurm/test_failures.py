@@ -150,7 +150,7 @@ def test_pending_with_queue_timeout_names_the_reason(slurm_env, prefix):
 
 def test_pending_for_resources_is_visible_while_waiting(slurm_env, prefix, tmp_path):
     total = int(subprocess.run(["sinfo", "-h", "-o", "%c"], capture_output=True, text=True).stdout.split()[0])
-    blocker = subprocess.run(["sbatch", "--parsable", f"--job-name={prefix}-blocker", "--mem=50M",
+    blocker = subprocess.run(["sbatch", "--parsable", f"--job-name={prefix}-blocker", "--mem=50M", "--output=/dev/null",
                               "--wrap", "sleep 120"], capture_output=True, text=True, check=True).stdout.strip()
     try:
         wait_until(lambda: any("RUNNING" in line for line in squeue_jobs(prefix)), timeout=30)

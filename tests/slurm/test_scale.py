@@ -293,6 +293,7 @@ def test_sync_custom_submit_does_not_block_the_event_loop(executor, prefix):
         time.sleep(0.5)   # a slow, blocking sbatch wrapper
         env = {**os.environ, **wove.slurm.job_environment(payload)}
         out = subprocess.run(["sbatch", "--parsable", f"--job-name={wove.slurm.job_name(payload, config)}",
+                              f"--output={payload['log_dir']}/%j.out",
                               "--mem=100M", "--wrap", wove.slurm.worker_command(config)],
                              env=env, capture_output=True, text=True, check=True).stdout
         return out

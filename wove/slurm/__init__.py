@@ -7,6 +7,7 @@ Helpers for a custom ``submit(payload, frame, config)`` (see the README for a fu
 - ``worker_command(config)``: the command the job runs (``python -m wove.backend_worker`` by default).
 - ``job_name(payload, config)``: ``<job_name_prefix>-<task>``.
 - ``parse_job_id(output)``: the job id in sbatch's output (``N``, ``N;cluster`` or ``Submitted batch job N``).
+- ``payload["log_dir"]``: the run's log directory, where job output belongs (``--output=<log_dir>/%j.out``).
 - ``await submit_job(payload, *sbatch_args, config=config)``: the whole default submission with extra
   sbatch options; returns the job id.
 
@@ -77,7 +78,11 @@ async def submit_job(payload: dict[str, Any], *sbatch_args: str, config: Optiona
     from . import commands
 
     config = config or {}
+    output: list[str] = []
+    if payload.get("log_dir") and not any(a.startswith(("--output", "-o", "--error", "-e")) for a in sbatch_args):
+        # like the default path: job output in the run's log directory, not the working directory
+        output = [f"--output={payload['log_dir']}/%j.out", f"--error={payload['log_dir']}/%j.err"]
     argv = [*(sbatch or config.get("sbatch") or ["sbatch", "--parsable"]),
-            f"--job-name={job_name(payload, config)}", *sbatch_args, "--wrap", worker_command(config)]
+            f"--job-name={job_name(payload, config)}", *output, *sbatch_args, "--wrap", worker_command(config)]
     _, out, _ = await commands.run(argv, env=commands.environment_with(job_environment(payload)))
     return parse_job_id(out)

@@ -102,6 +102,7 @@ class SlurmAdapter(BackendAdapter):
         if self.signal_seconds:
             payload["time_warning_signal"] = "SIGUSR1"   # the worker tells the task instead of stopping it
         if self.custom_submit is not None:
+            payload["log_dir"] = self.log_dir   # where job output belongs (wove.slurm.submit_job uses it)
             return await self._custom_submit(payload, frame)
         task_resources = resources.merge(self.env_resources, frame.get("resources"))
         batch_key = f"{frame.get('group') or frame.get('task_name')}|{resources.signature(task_resources)}"
