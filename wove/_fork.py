@@ -56,11 +56,8 @@ def _reap(process: subprocess.Popen[bytes]) -> None:
 
 
 def _child_main() -> int:
-    import asyncio
-    import inspect
-
     from . import _config
-    from ._weave import WeaveContext, _make_spec
+    from ._weave import WeaveContext, _make_spec, call_on_done
 
     cloudpickle = cloudpickle_module("weave(fork=True)")
     stream = sys.stdin.buffer
@@ -78,12 +75,7 @@ def _child_main() -> int:
     except Exception as exc:  # task failures are on the result already; anything else goes there too
         if context.result.exception is None:
             context.result._first_error = exc
-    if job["on_done"] is not None:
-        outcome = job["on_done"](context.result)
-        if inspect.isawaitable(outcome):
-            async def _wait() -> Any:
-                return await outcome
-            asyncio.run(_wait())
+    call_on_done(job["on_done"], context.result)
     return 1 if context.result.exception is not None else 0
 
 

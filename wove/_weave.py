@@ -322,10 +322,7 @@ class WeaveContext:
             except BaseException as exc:  # the thread must still call on_done, with the failure on the result
                 if self.result.exception is None:
                     self.result._first_error = exc
-            if on_done is not None:
-                outcome = on_done(self.result)
-                if inspect.isawaitable(outcome):
-                    asyncio.run(_await(outcome))
+            call_on_done(on_done, self.result)
 
         self._thread = threading.Thread(target=target, name="wove-background", daemon=False)
         self._thread.start()
@@ -334,6 +331,14 @@ class WeaveContext:
 
 async def _await(awaitable: Any) -> Any:
     return await awaitable
+
+
+def call_on_done(on_done: Optional[Callable[[WoveResult], Any]], result: WoveResult) -> None:
+    """Call a sync or async ``on_done`` from a thread without an event loop (background and fork)."""
+    if on_done is not None:
+        outcome = on_done(result)
+        if inspect.isawaitable(outcome):
+            asyncio.run(_await(outcome))
 
 
 def _run_sync(coro: Any) -> Any:

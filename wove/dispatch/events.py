@@ -43,6 +43,9 @@ class EventGate:
         self.spool_dir = spool_dir
         self.rejected: dict[int, int] = {}
 
+    def count_rejection(self, status: int) -> None:
+        self.rejected[status] = self.rejected.get(status, 0) + 1
+
     def register(self, run_id: str, key: str) -> None:
         self._runs[run_id] = _RunState(key)
 
@@ -67,7 +70,7 @@ class EventGate:
         """
         status = self._precheck(run_id, event, incarnation, seq, signature)
         if status != OK:
-            self.rejected[status] = self.rejected.get(status, 0) + 1
+            self.count_rejection(status)
         return status
 
     def _precheck(self, run_id, event, incarnation, seq, signature) -> int:
@@ -99,7 +102,7 @@ class EventGate:
         state = self._runs[run_id]
         seq_n, inc_n = int(seq), int(incarnation)  # type: ignore[arg-type]
         if not protocol.verify(state.key, run_id, event, inc_n, seq_n, body, signature):
-            self.rejected[UNAUTHORIZED] = self.rejected.get(UNAUTHORIZED, 0) + 1
+            self.count_rejection(UNAUTHORIZED)
             return UNAUTHORIZED, None
         if state.finished and event != "task_cancelled":
             state.incarnation, state.seq = inc_n, seq_n   # authentic but late: acknowledged, never decoded
@@ -107,11 +110,11 @@ class EventGate:
         try:
             frame = self.decode(run_id, event, inc_n, body)
         except OSError:
-            self.rejected[UNAVAILABLE] = self.rejected.get(UNAVAILABLE, 0) + 1
+            self.count_rejection(UNAVAILABLE)
             return UNAVAILABLE, None
         state.incarnation, state.seq = inc_n, seq_n
         if frame is None:
-            self.rejected[BAD_REQUEST] = self.rejected.get(BAD_REQUEST, 0) + 1
+            self.count_rejection(BAD_REQUEST)
             return BAD_REQUEST, None
         return OK, frame
 

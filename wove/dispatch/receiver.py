@@ -127,10 +127,10 @@ class CallbackReceiver:
             return False
         if method != "POST" or not target.startswith(PATH_PREFIX) or not hmac.compare_digest(
                 target[len(PATH_PREFIX):].encode(), self.token.encode()):
-            self.gate.rejected[NOT_FOUND] = self.gate.rejected.get(NOT_FOUND, 0) + 1
+            self.gate.count_rejection(NOT_FOUND)
             return await self._discard_and_respond(reader, writer, length, NOT_FOUND, "not found", keep_alive)
         if length > self.max_body or length < 0:
-            self.gate.rejected[TOO_LARGE] = self.gate.rejected.get(TOO_LARGE, 0) + 1
+            self.gate.count_rejection(TOO_LARGE)
             await self._respond(writer, TOO_LARGE, f"body of {length} bytes exceeds the limit of "
                                 f"{self.max_body}", close=True)
             return False
