@@ -357,7 +357,10 @@ AccountingStorageHost=127.0.0.1
 AccountingStoragePort=6819
 # Not a password: with auth/munge this names the munge socket used to talk to slurmdbd.
 # Without it slurmctld/sacct use the default socket and fail with \"Munge encode failed\".
-AccountingStoragePass=$MUNGE_SOCKET"
+AccountingStoragePass=$MUNGE_SOCKET
+# Association limits (MaxSubmitJobs, MaxJobs, ...) and QOS limits are enforced, as on production
+# clusters; register_cluster gives root (and the sudo user, if any) an association.
+AccountingStorageEnforce=associations,limits,qos"
     else
         accounting="# Accounting off (WOVE_SLURM_ACCOUNTING=0): plain sacct fails, as on clusters without slurmdbd.
 AccountingStorageType=accounting_storage/none"
@@ -598,6 +601,14 @@ register_cluster() {
             die "sacctmgr add cluster $CLUSTER failed"
         }
         say "registered cluster '$CLUSTER' with slurmdbd"
+    fi
+    # Enforced associations: a user without one could not submit at all. Adding the cluster
+    # gave root one; give the user behind sudo one too.
+    local user=${SUDO_USER:-}
+    if [[ -n $user && $user != root ]] &&
+        ! timeout 10 sacctmgr -n -P list assoc user="$user" format=user | grep -qx "$user"; then
+        timeout 20 sacctmgr -i add user "$user" account=root >>"$LOG/sacctmgr.log" 2>&1 ||
+            warn "could not give user '$user' an association; their jobs will be refused"
     fi
 }
 

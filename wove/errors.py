@@ -15,6 +15,7 @@ The tree (each class also derives from the builtin a user would catch for that s
         +-- ExecutorStartError                  an environment's executor could not start
         +-- SlurmError                          anything that went wrong talking to Slurm
             +-- SlurmCommandError               sbatch/scancel/squeue failed (exit code + stderr)
+            +-- SlurmSubmitLimitError           a per-user submit limit is used up by other jobs
             +-- SlurmJobError                   a job ended without reporting an outcome
                 +-- SlurmOutOfMemoryError
                 +-- SlurmTimeLimitError
@@ -117,6 +118,26 @@ class SlurmCommandError(SlurmError):
 
     def __reduce__(self):
         return (type(self), (str(self), self.command, self.returncode, self.stderr))
+
+
+class SlurmSubmitLimitError(SlurmError):
+    """A submit limit (``MaxSubmitJobs`` and kin) stayed used up by jobs that are not the weave's own.
+
+    ``limit`` and ``used`` are the numbers the controller reported, ``source`` names the limit.
+    """
+
+    def __init__(self, message: str, *, limit: Optional[int] = None, used: Optional[int] = None,
+                 source: str = ""):
+        super().__init__(message)
+        self.limit, self.used, self.source = limit, used, source
+
+    def __reduce__(self):
+        return (_rebuild_limit_error, (str(self), self.limit, self.used, self.source))
+
+
+def _rebuild_limit_error(message: str, limit: Optional[int], used: Optional[int], source: str
+                         ) -> SlurmSubmitLimitError:
+    return SlurmSubmitLimitError(message, limit=limit, used=used, source=source)
 
 
 class SlurmJobError(SlurmError):

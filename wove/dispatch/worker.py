@@ -21,7 +21,7 @@ import sys
 import threading
 import time
 
-from . import protocol, spool
+from . import protocol, spool, unpickle
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -382,8 +382,9 @@ def execute(payload: dict[str, Any], *, sender: Optional[EventSender] = None,
     _extend_import_path(payload.get("sys_path"))
     try:
         try:
-            func = pickle.loads(protocol.b64decode(payload["callable_pickle"]))
-            args, kwargs = pickle.loads(protocol.b64decode(payload["args_pickle"]))
+            version = str(payload.get("cloudpickle") or "")
+            func = unpickle.loads(protocol.b64decode(payload["callable_pickle"]), version)
+            args, kwargs = unpickle.loads(protocol.b64decode(payload["args_pickle"]), version)
         except Exception as exc:
             fields = _error_fields(exc, source="config", message=(
                 f"could not load task {payload.get('task_name')!r} in the job: {type(exc).__name__}: {exc}. "

@@ -30,6 +30,7 @@ from ..errors import (
     SlurmOutOfMemoryError,
     SlurmPreemptedError,
     SlurmQueueTimeoutError,
+    SlurmSubmitLimitError,
     SlurmTimeLimitError,
 )
 from .adapter import DEFAULT_COMMAND, _job_name
@@ -38,8 +39,8 @@ from .commands import parse_job_id
 __all__ = [
     "DEFAULT_COMMAND", "SlurmBootFailError", "SlurmCancelledError", "SlurmCommandError", "SlurmError",
     "SlurmJobError", "SlurmJobFailedError", "SlurmNodeFailError", "SlurmOutOfMemoryError",
-    "SlurmPreemptedError", "SlurmQueueTimeoutError", "SlurmTimeLimitError", "job_environment", "job_name",
-    "parse_job_id", "submit_job", "time_limit_near", "worker_command",
+    "SlurmPreemptedError", "SlurmQueueTimeoutError", "SlurmSubmitLimitError", "SlurmTimeLimitError",
+    "job_environment", "job_name", "parse_job_id", "submit_job", "time_limit_near", "worker_command",
 ]
 
 

@@ -21,16 +21,16 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from ..dispatch import protocol, spool
-from ..errors import SlurmCommandError, SlurmOutOfMemoryError
+from ..errors import SlurmCommandError, SlurmOutOfMemoryError, SlurmSubmitLimitError
 from ..executors.adapter import BackendAdapter, default_spool_root
-from . import commands, resources
+from . import commands, limits, resources
 from .monitor import JobMonitor
 
 log = logging.getLogger("wove.slurm")
 
 DEFAULT_COMMAND = "python -m wove.backend_worker"
 _TRANSIENT = ("unable to contact slurm controller", "socket timed out", "temporarily unable",
-              "resource temporarily unavailable", "maxsubmitjob", "submit limit", "try again",
+              "resource temporarily unavailable", "try again",
               "slurm_persist_conn_open", "connection refused")
 _SUBMIT_CONCURRENCY = 16
 _BATCH_WINDOW = 0.005
@@ -96,6 +96,9 @@ class SlurmAdapter(BackendAdapter):
             poll_max=float(config.get("poll_max") or 15.0), queue_timeout=config.get("queue_timeout"),
             callback_url=self.callback_url)
         self.monitor.start()
+        self.monitor.on_release = self._job_released
+        self.submit_patience = float(config.get("submit_retry_seconds") or 120.0)
+        self._rooms: dict[tuple[str, str], limits.SubmitRoom] = {}
 
     # ------------------------------------------------------------------ submit
     async def submit(self, payload: dict[str, Any], frame: dict[str, Any]) -> str:
@@ -171,23 +174,83 @@ class SlurmAdapter(BackendAdapter):
         task.add_done_callback(self._pending.discard)
 
     async def _flush(self, batch: _Batch, items: list[_Item]) -> None:
-        """Submit a batch: single jobs, or arrays split at MaxArraySize. A failed sbatch fails its own items only."""
+        """Submit a batch: single jobs, or arrays split at MaxArraySize and at the room a submit limit leaves.
+
+        A failed sbatch fails its own items only.
+        """
+        room = self._room(batch.resources)
         if len(items) == 1 or not self.arrays:
             groups = [[item] for item in items]
-            calls = [self._submit_single(batch, item) for item in items]
+            calls = [self._submit_single(batch, item, room) for item in items]
+            outcomes = await asyncio.gather(*calls, return_exceptions=True)
         else:
-            chunk = await self._max_array_size() * max(1, self.items_per_job)
-            groups = [items[start:start + chunk] for start in range(0, len(items), chunk)]
+            max_array, _ = await asyncio.gather(self._max_array_size(), room.ready())
+            per_job = max(1, self.items_per_job)
+            bound = room.bound
+            chunk = (max_array if bound is None else max(1, min(max_array, bound))) * per_job
+            planned = (len(items) + chunk - 1) // chunk
             # A throttle (workers=N) is shared between the chunks so the whole map stays within N.
-            throttle = max(1, batch.workers // len(groups)) if batch.workers else None
-            calls = [self._submit_array(batch, group, throttle) for group in groups]
-        outcomes = await asyncio.gather(*calls, return_exceptions=True)
+            throttle = max(1, batch.workers // planned) if batch.workers else None
+            if bound is None:   # no submit limit: every chunk at once
+                groups = [items[start:start + chunk] for start in range(0, len(items), chunk)]
+                calls = [self._submit_array(batch, group, throttle, room) for group in groups]
+                outcomes = await asyncio.gather(*calls, return_exceptions=True)
+            else:
+                groups, outcomes = await self._paced_arrays(batch, items, chunk, throttle, room)
         for group, outcome in zip(groups, outcomes):
             if isinstance(outcome, BaseException):
                 for item in group:
                     if not item.future.done():
                         item.future.set_exception(outcome)
                         item.future.exception()
+
+    async def _paced_arrays(self, batch: _Batch, items: list[_Item], chunk: int, throttle: Optional[int],
+                            room: limits.SubmitRoom) -> tuple[list[list[_Item]], list[Any]]:
+        """Under a submit limit: each array as large as the room left, the next one once jobs end."""
+        per_job = max(1, self.items_per_job)
+        groups: list[list[_Item]] = []
+        outcomes: list[Any] = []
+        remaining = items
+        while True:
+            remaining = [item for item in remaining if not item.cancelled]
+            if not remaining:
+                break
+            wanted = min(chunk, len(remaining))
+            try:
+                granted = await room.take((wanted + per_job - 1) // per_job,
+                                          abandoned=lambda left=remaining: all(item.cancelled for item in left))
+            except SlurmSubmitLimitError as exc:
+                groups.append(remaining)
+                outcomes.append(exc)
+                break
+            if granted == 0:
+                continue
+            group, remaining = remaining[:granted * per_job], remaining[granted * per_job:]
+            groups.append(group)
+            try:
+                await self._submit_array(batch, group, throttle, room)
+                outcomes.append(None)
+            except Exception as exc:
+                outcomes.append(exc)
+        return groups, outcomes
+
+    def _room(self, task_resources: dict[str, Any]) -> limits.SubmitRoom:
+        """One room per (qos, account): the limits that apply depend on both."""
+        key = (str(task_resources.get("qos") or ""), str(task_resources.get("account") or ""))
+        room = self._rooms.get(key)
+        if room is None:
+            scontrol = self.config.get("scontrol") or ["scontrol"]
+
+            async def read() -> Optional[limits.SubmitLimit]:
+                return await limits.read_submit_limit(scontrol, qos=key[0], account=key[1])
+
+            room = self._rooms[key] = limits.SubmitRoom(read, lambda: len(self.monitor.jobs), self.submit_patience,
+                                                        cap=self.config.get("max_queued_jobs"))
+        return room
+
+    def _job_released(self) -> None:
+        for room in self._rooms.values():
+            room.job_finished()
 
     def _common_args(self, batch: _Batch, task_resources: dict[str, Any]) -> list[str]:
         args = [f"--job-name={self.prefix}-{_job_name(batch.task)}"]
@@ -202,16 +265,19 @@ class SlurmAdapter(BackendAdapter):
             return [], resources.batch_script(self.command, setup).encode()
         return ["--wrap", resources.exec_command(self.command)], None
 
-    async def _submit_single(self, batch: _Batch, item: _Item) -> None:
+    async def _submit_single(self, batch: _Batch, item: _Item, room: limits.SubmitRoom) -> None:
         task_resources = resources.merge(batch.resources, item.frame.get("resources") or {})
+        if not await room.take(1, abandoned=lambda: item.cancelled):
+            return   # cancelled while waiting for room: nobody waits for this job
         encoded = self.encode_payload(item.payload)
         script_args, stdin = self._script_args(task_resources)
         argv = [*self.sbatch_base, *self._common_args(batch, task_resources),
                 f"--output={self.log_dir}/%j.out", f"--error={self.log_dir}/%j.err", *script_args]
-        job_id = await self._sbatch(argv, encoded, stdin, items=1)
+        job_id = await self._sbatch(argv, encoded, stdin, items=1, room=room, elements=1)
         self._deliver(item, job_id, os.path.join(self.log_dir, f"{job_id}.err"), task_resources)
 
-    async def _submit_array(self, batch: _Batch, items: list[_Item], workers: Optional[int]) -> None:
+    async def _submit_array(self, batch: _Batch, items: list[_Item], workers: Optional[int],
+                            room: limits.SubmitRoom) -> None:
         per_job = max(1, self.items_per_job)
         elements = (len(items) + per_job - 1) // per_job
         path = os.path.join(self.spool_dir, f"array-{uuid.uuid4().hex}.payloads")
@@ -221,7 +287,8 @@ class SlurmAdapter(BackendAdapter):
         argv = [*self.sbatch_base, *self._common_args(batch, batch.resources), f"--array=0-{elements - 1}{throttle}",
                 f"--output={self.log_dir}/%A_%a.out", f"--error={self.log_dir}/%A_%a.err", *script_args]
         try:
-            job_id = await self._sbatch(argv, protocol.SPOOL_PREFIX + path, stdin, items=len(items))
+            job_id = await self._sbatch(argv, protocol.SPOOL_PREFIX + path, stdin, items=len(items), room=room,
+                                        elements=elements)
         except BaseException:
             spool.remove(path)
             raise
@@ -263,24 +330,60 @@ class SlurmAdapter(BackendAdapter):
                            requested_time=str(task_resources.get("time", "")),
                            memory_history=list(task_resources.get("_mem_history", [])))
 
-    async def _sbatch(self, argv: list[str], encoded: str, stdin: Optional[bytes], items: int) -> str:
+    async def _sbatch(self, argv: list[str], encoded: str, stdin: Optional[bytes], items: int,
+                      room: Optional[limits.SubmitRoom] = None, elements: int = 1) -> str:
+        """Run sbatch; retry while the controller is away, or while a submit limit has no room yet.
+
+        ``elements`` jobs were reserved in ``room`` (when given); they are confirmed or released here.
+        """
         env = commands.environment_with({protocol.PAYLOAD_ENV: encoded})
-        deadline = time.monotonic() + float(self.config.get("submit_retry_seconds") or 120.0)
+        started = time.monotonic()
         delay = 0.5
-        async with self._submit_slots:
+        held = room is not None   # whether ``elements`` are reserved in the room right now
+        try:
             while True:
                 try:
-                    _, out, _ = await commands.run(argv, env=env, stdin=stdin, timeout=60.0)
+                    async with self._submit_slots:
+                        _, out, _ = await commands.run(argv, env=env, stdin=stdin, timeout=60.0)
                     break
                 except SlurmCommandError as exc:
-                    transient = any(p in (exc.stderr or str(exc)).lower() for p in _TRANSIENT)
-                    if not transient or time.monotonic() + delay > deadline:
+                    text = (exc.stderr or str(exc)).lower()
+                    if room is not None and any(marker in text for marker in limits.REFUSAL_MARKERS):
+                        # Our reading of the limit was optimistic (or there is none to read): wait for room.
+                        room.refused(elements)
+                        held = False
+                        if self.monitor.jobs:
+                            started = time.monotonic()   # our own jobs will end and make room
+                        elif time.monotonic() - started + delay > self.submit_patience:
+                            raise SlurmSubmitLimitError(
+                                f"sbatch was refused by a submit limit for {self.submit_patience:.0f}s "
+                                f"(submit_retry_seconds) while no job of this weave was queued: "
+                                f"{(exc.stderr or str(exc)).strip()}. The limit is used up by other jobs or "
+                                f"is smaller than this submission of {elements} job(s); ask your admin, or "
+                                "set max_queued_jobs / items_per_job so fewer jobs are queued at once",
+                                source="sbatch") from exc
+                        log.info("wove: sbatch refused by a submit limit; waiting for room (%s)", exc)
+                        await asyncio.sleep(delay)
+                        delay = min(delay * 2, 10.0)
+                        await room.take(elements, exact=True)
+                        held = True
+                        continue
+                    transient = any(p in text for p in _TRANSIENT)
+                    if not transient or time.monotonic() - started + delay > self.submit_patience:
                         raise
                     log.warning("wove: sbatch failed transiently (%s); retrying in %.1fs", exc, delay)
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 10.0)
+        except BaseException:
+            if room is not None and held:
+                room.release(elements)
+            raise
+        if room is not None:
+            room.confirm(elements)
         job_id = commands.parse_job_id(out)
-        self.submissions.append({"argv": list(argv), "items": items, "job_id": job_id})
+        # "awaited": jobs (array elements) of this weave whose outcome is awaited, these included.
+        self.submissions.append({"argv": list(argv), "items": items, "job_id": job_id,
+                                 "elements": elements, "awaited": len(self.monitor.jobs) + elements})
         return job_id
 
     async def _max_array_size(self) -> int:

@@ -23,7 +23,7 @@ SLURM_KEYS = frozenset({
     "squeue", "sacct", "scontrol", "log_dir", "keep_logs", "poll_interval", "poll_max", "queue_timeout",
     "signal_before_timeout", "submit_retry_seconds", "drain_timeout",
     # ours: scale
-    "arrays", "items_per_job", "max_array_size", "oom_retry_factor", "oom_max_mem",
+    "arrays", "items_per_job", "max_array_size", "max_queued_jobs", "oom_retry_factor", "oom_max_mem",
     # resources (also accepted per task as resources={...})
     *resources.RESOURCE_KEYS,
 })
@@ -65,7 +65,7 @@ class SlurmExecutor(BackendAdapterEnvironmentExecutor):
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
                                       or value < minimum):
                 raise ValueError(f"{where}.{key} must be a number >= {minimum}, got {value!r}")
-        for key in ("items_per_job", "max_array_size"):
+        for key in ("items_per_job", "max_array_size", "max_queued_jobs"):
             value = config.get(key)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise ValueError(f"{where}.{key} must be an integer >= 1, got {value!r}")

@@ -83,6 +83,8 @@ class JobMonitor:
         self._recheck_at: Optional[float] = None
         self.query_seconds = 0.0   # how long the last squeue call took
         self._side_tasks: set[asyncio.Task[None]] = set()
+        #: Called when a job no longer carries any awaited run (its slot under a submit limit frees soon).
+        self.on_release: Optional[Callable[[], None]] = None
 
     # ------------------------------------------------------------------ tracking
     def track(self, key: str, task: str, run_id: str, record: Any, *, stderr_path: str = "",
@@ -111,6 +113,8 @@ class JobMonitor:
             job.held_signal.pop(run_id, None)
             if not job.runs:
                 del self.jobs[key]
+                if self.on_release is not None:
+                    self.on_release()
 
     def key_of(self, run_id: str) -> Optional[str]:
         return self._run_to_key.get(run_id)
