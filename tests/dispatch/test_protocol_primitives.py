@@ -42,3 +42,46 @@ def test_base64_helpers_match_the_base64_module():
 def test_keys_are_random_and_long():
     keys = {protocol.new_key() for _ in range(100)}
     assert len(keys) == 100 and all(len(k) >= 40 for k in keys)
+
+
+# ---------------------------------------------------------------------------------------------- compact JSON
+def test_compact_json_matches_the_json_module():
+    import json
+    import random
+
+    from wove.dispatch import compactjson
+
+    rng = random.Random(7)
+
+    def value(depth):
+        kind = rng.randrange(8 if depth < 4 else 5)
+        if kind == 0:
+            return rng.randint(-10**20, 10**20)
+        if kind == 1:
+            return rng.uniform(-1e6, 1e6) * 10 ** rng.randint(-300, 300)
+        if kind == 2:
+            return "".join(chr(rng.choice([rng.randrange(32, 127), rng.randrange(0, 0x2FFFF)])) for _ in range(8))
+        if kind == 3:
+            return rng.choice([None, True, False])
+        if kind == 4:
+            return ""
+        if kind in (5, 6):
+            return {f"k{i}\u00e9": value(depth + 1) for i in range(rng.randrange(4))}
+        return [value(depth + 1) for _ in range(rng.randrange(4))]
+
+    for _ in range(300):
+        doc = value(0)
+        text = compactjson.dumps(doc)
+        assert text == json.dumps(doc, separators=(",", ":"))
+        assert compactjson.loads(text) == json.loads(text)
+        assert compactjson.loads(f" \n{text}\t".encode()) == json.loads(text)
+    assert compactjson.dumps({"n": float("nan")}) == '{"n":NaN}'
+    for bad in ("", "{", '{"a": 1} extra', "[1,]", '{"a": "unterminated', '"open'):
+        with pytest.raises(ValueError):
+            compactjson.loads(bad)
+    loop = []
+    loop.append(loop)
+    with pytest.raises(ValueError, match="Circular"):
+        compactjson.dumps(loop)
+    with pytest.raises(TypeError, match="set is not JSON serializable"):
+        compactjson.dumps({1, 2})

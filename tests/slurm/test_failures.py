@@ -237,6 +237,7 @@ def test_doctor_passes_on_a_healthy_cluster(tmp_path):
                             text=True, cwd=tmp_path, timeout=180)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "[PASS] probe task round trip" in result.stdout
+    assert "[PASS] submit limits: none that wove can read" in result.stdout
     assert "a task can make the round trip" in result.stdout
 
 

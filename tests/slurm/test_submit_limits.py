@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import pickle
 import subprocess
+import sys
 import time
 
 import pytest
@@ -112,6 +114,9 @@ def test_room_gives_up_when_others_hold_the_limit():
             await room.take(1)
         assert time.monotonic() - started < 5
         assert (info.value.limit, info.value.used) == (2, 2)
+        copy = pickle.loads(pickle.dumps(info.value))   # it may cross a process boundary
+        assert (type(copy), str(copy), copy.limit, copy.used, copy.source) == (
+            SlurmSubmitLimitError, str(info.value), 2, 2, info.value.source)
 
     asyncio.run(scenario())
 
@@ -262,3 +267,12 @@ def test_max_queued_jobs_caps_a_weave_without_cluster_limits(executor, prefix):
     assert len(calls) >= 5 and all(call["elements"] <= 6 for call in calls)
     assert max(call["awaited"] for call in calls) <= 6, [call["awaited"] for call in calls]
     assert 0 < max(pending) <= 6, pending
+
+
+def test_doctor_reports_the_submit_limit(max_submit_jobs, tmp_path):
+    max_submit_jobs(4)
+    result = subprocess.run([sys.executable, "-m", "wove.slurm", "doctor", "--timeout", "60"], capture_output=True,
+                            text=True, cwd=tmp_path, timeout=180)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert ("[PASS] submit limits: MaxSubmitJobs of association account=root user=root is 4, 0 in use, room for "
+            "4 more job(s); larger maps are paced") in result.stdout, result.stdout

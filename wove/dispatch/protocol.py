@@ -13,10 +13,11 @@ someone reach the endpoint but not forge, replay or alter any event.
 from __future__ import annotations
 
 import binascii
-import json
 import os
 import sys
 from _operator import _compare_digest as compare_digest  # what hmac.compare_digest uses, without hashlib
+
+from . import compactjson
 
 try:   # the interpreter's built-in SHA-256: no OpenSSL start-up on every job (hashlib costs ~3 ms here)
     from _sha2 import sha256 as sha256  # Python 3.12+
@@ -101,7 +102,7 @@ def version_info() -> dict[str, str]:
 
 
 def encode_inline(payload: dict[str, Any]) -> str:
-    return b64encode(json.dumps(payload, separators=(",", ":")).encode())
+    return b64encode(compactjson.dumps(payload).encode())
 
 
 def decode_inline(text: str) -> dict[str, Any]:
@@ -109,7 +110,7 @@ def decode_inline(text: str) -> dict[str, Any]:
     try:
         text = text.strip()
         raw = text if text.startswith("{") else b64decode(text)
-        payload = json.loads(raw)
+        payload = compactjson.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise PayloadError(
             f"payload is not base64-encoded JSON ({exc.__class__.__name__}: {exc}); expected the value wove "

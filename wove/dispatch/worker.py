@@ -15,13 +15,12 @@ from __future__ import annotations
 import _pickle as pickle
 import _signal as signal
 import _socket as socket
-import json
 import os
 import sys
 import threading
 import time
 
-from . import protocol, spool, unpickle
+from . import compactjson, protocol, spool, unpickle
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -183,7 +182,7 @@ class EventSender:
         with self._lock:
             self.seq += 1
             frame = {"type": event, "run_id": self.run_id, "task_id": self.task_id, **fields}
-            body = json.dumps(frame, separators=(",", ":")).encode()
+            body = compactjson.dumps(frame).encode()
             if (event == "task_result" and self.channel == "http" and self.max_body
                     and len(body) > self.max_body):
                 body = self._spool_result(frame)
@@ -238,7 +237,7 @@ class EventSender:
             raise RuntimeError("the result is larger than the callback body limit and no spool_dir is set")
         path = spool.write_atomic(spool.result_path(spool_dir, self.run_id, self.incarnation), data)
         frame["result_ref"] = {"path": path, "sha256": protocol.sha256(data).hexdigest(), "size": len(data)}
-        return json.dumps(frame, separators=(",", ":")).encode()
+        return compactjson.dumps(frame).encode()
 
     def _write_event_file(self, event: str, body: bytes) -> bool:
         events_dir = self.payload.get("events_dir") or ""
@@ -246,7 +245,7 @@ class EventSender:
                     "signature": protocol.sign(self.key, self.run_id, event, self.incarnation, self.seq, body)}
         name = f"{self.run_id}.{self.incarnation}.{self.seq:06d}.{event}.event"
         try:
-            spool.write_atomic(os.path.join(events_dir, name), json.dumps(envelope).encode() + b"\n" + body)
+            spool.write_atomic(os.path.join(events_dir, name), compactjson.dumps(envelope).encode() + b"\n" + body)
         except OSError as exc:
             self.undelivered = f"could not write event file in {events_dir}: {exc}"
             return False
@@ -272,7 +271,7 @@ def _shrink(frame: dict[str, Any], limit: int = 16 * 1024) -> bytes:
             text = error.get(key)
             if isinstance(text, str) and len(text) > limit:
                 error[key] = text[:limit] + f"... [{len(text) - limit} characters cut]"
-    return json.dumps(frame, separators=(",", ":")).encode()
+    return compactjson.dumps(frame).encode()
 
 
 def _b64(data: bytes) -> str:

@@ -20,7 +20,7 @@ from typing import Any, Optional
 
 from .. import _config
 from ..errors import SlurmJobError, WoveError
-from . import commands
+from . import commands, limits
 
 
 @dataclass
@@ -56,6 +56,20 @@ async def _tool(name: str, argv: list[str]) -> Check:
         return Check(name, False, str(exc).splitlines()[0],
                      "check SLURM_CONF / /etc/slurm/slurm.conf and that slurmctld is running (scontrol ping)")
     return Check(name, True, "answers")
+
+
+async def _limits_check(executor_config: dict[str, Any]) -> Check:
+    """Not fatal: wove paces submissions under a limit, but a limit used up by other jobs blocks it."""
+    limit = await limits.read_submit_limit(executor_config.get("scontrol") or ["scontrol"],
+                                           qos=str(executor_config.get("qos") or ""),
+                                           account=str(executor_config.get("account") or ""))
+    if limit is None:
+        return Check("submit limits", True, "none that wove can read (MaxSubmitJobs and kin)", fatal=False)
+    detail = f"{limit.source} is {limit.limit}, {limit.used} in use, room for {limit.free} more job(s)"
+    if limit.free:
+        return Check("submit limits", True, detail + "; larger maps are paced", fatal=False)
+    return Check("submit limits", False, detail, "wait for your queued jobs to end (squeue --me), or ask your "
+                 "admin to raise the limit; wove waits up to submit_retry_seconds for room", fatal=False)
 
 
 def _environment_spec(args: argparse.Namespace) -> dict[str, Any]:
@@ -126,6 +140,8 @@ def _fix_for(error: str) -> str:
     if "could not deliver" in lowered or "callback" in lowered:
         return ("compute nodes cannot reach the callback URL: set callback_host/callback_url to an address they "
                 "can reach, or use executor_config['result_channel'] = 'filesystem' with a shared spool_dir")
+    if "submit limit" in lowered or "submitjob" in lowered or "no room to submit" in lowered:
+        return "wait for your queued jobs to end (squeue --me), or ask your admin to raise the submit limit"
     if "invalid partition" in lowered or "invalid account" in lowered:
         return "pass a valid --partition / --account (executor_config['partition'] / ['account'])"
     if "spool" in lowered or "payload" in lowered:
@@ -160,6 +176,7 @@ def run(args: argparse.Namespace) -> int:
     executor_config = _environment_spec(args)
     result = None
     if all(c.ok for c in checks if c.fatal):
+        checks.append(asyncio.run(_limits_check(executor_config)))
         result, seconds, error = _run_probe(executor_config, args.timeout)
         if result is not None:
             checks.append(Check("probe task round trip", True,
