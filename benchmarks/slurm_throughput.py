@@ -53,6 +53,23 @@ def _wait_done(prefix: str) -> None:
         time.sleep(0.1)
 
 
+def _settle(timeout: float = 120.0) -> None:
+    """Start each measurement from a quiet cluster: no job left and the accounting backlog flushed.
+
+    After a thousand jobs, slurmctld keeps writing their records to slurmdbd (MariaDB) for a while; on a
+    2-core machine that would slow whichever measurement comes next.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        jobs = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True).stdout.split()
+        diag = subprocess.run(["sdiag"], capture_output=True, text=True).stdout
+        match = re.search(r"DBD Agent queue size:\s*(\d+)", diag)
+        if not jobs and (match is None or match.group(1) == "0"):
+            time.sleep(1.0)   # and let the daemons' last writes finish
+            return
+        time.sleep(0.5)
+
+
 def _max_array_size() -> int:
     out = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, check=True).stdout
     match = re.search(r"^MaxArraySize\s*=\s*(\d+)", out, re.MULTILINE)
@@ -120,10 +137,15 @@ def main() -> int:
     print(header)
     nan = float("nan")
     for n in sizes:
+        _settle()
         ref_s, submit_s, _ = run_wove(n)
+        _settle()
         value_s = run_wove(n, func=trivial)[0] if n <= args.value_max else nan
+        _settle()
         array_s = floor_array(n)
+        _settle()
         plain_s = floor_plain(n) if n <= args.plain_max else nan
+        _settle()
         packed_s = run_wove(n, items_per_job=50)[0] if n >= 1000 else nan
         print(f"{n:>6} {ref_s:>10.2f} {value_s:>12.2f} {submit_s:>9.3f} {array_s:>14.2f} {plain_s:>14.2f} "
               f"{ref_s / array_s:>9.2f}x {value_s / array_s:>11.2f}x {ref_s / plain_s:>9.2f}x "

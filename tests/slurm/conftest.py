@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 import wove
+from wove.slurm.executor import SlurmExecutor
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "local-slurm.sh"
@@ -58,6 +59,21 @@ def slurm_env(tmp_path, prefix):
                   **executor_config}
         wove.config(environments={"slurm": {"executor": "slurm", "executor_config": config}})
         return config
+
+    configure()
+    return configure
+
+
+@pytest.fixture
+def executor(tmp_path, prefix):
+    """A Slurm environment backed by an executor instance the test can inspect afterwards."""
+    instance = SlurmExecutor()
+
+    def configure(**executor_config):
+        config = {"job_name_prefix": prefix, "spool_dir": str(tmp_path / "spool"), "mem": "100M",
+                  **executor_config}
+        wove.config(environments={"slurm": {"executor": instance, "executor_config": config}})
+        return instance
 
     configure()
     return configure

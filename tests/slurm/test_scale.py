@@ -14,22 +14,6 @@ from slurm_helpers import all_jobs, squeue_jobs
 import wove
 from wove import weave
 from wove.errors import SlurmOutOfMemoryError
-from wove.slurm.executor import SlurmExecutor
-
-
-@pytest.fixture
-def executor(tmp_path, prefix):
-    """A Slurm environment backed by an executor instance the test can inspect afterwards."""
-    instance = SlurmExecutor()
-
-    def configure(**executor_config):
-        config = {"job_name_prefix": prefix, "spool_dir": str(tmp_path / "spool"), "mem": "100M",
-                  **executor_config}
-        wove.config(environments={"slurm": {"executor": instance, "executor_config": config}})
-        return instance
-
-    configure()
-    return configure
 
 
 def _scontrol(job: str) -> str:

@@ -12,10 +12,8 @@ import time
 import pytest
 from slurm_helpers import squeue_jobs, wait_until
 
-import wove
 from wove import weave
 from wove.errors import SlurmSubmitLimitError
-from wove.slurm.executor import SlurmExecutor
 from wove.slurm.limits import SubmitLimit, SubmitRoom, parse_assoc_mgr, read_submit_limit
 
 ASSOC_MGR = """\
@@ -161,19 +159,6 @@ def max_submit_jobs():
         pytest.fail("AccountingStorageEnforce lacks limits: run scripts/local-slurm.sh restart")
     yield _set_max_submit
     _set_max_submit(-1)
-
-
-@pytest.fixture
-def executor(tmp_path, prefix):
-    instance = SlurmExecutor()
-
-    def configure(**executor_config):
-        config = {"job_name_prefix": prefix, "spool_dir": str(tmp_path / "spool"), "mem": "100M",
-                  **executor_config}
-        wove.config(environments={"slurm": {"executor": instance, "executor_config": config}})
-        return instance
-
-    return configure
 
 
 def _elements(call: dict) -> int:
