@@ -290,6 +290,9 @@ desired_settings() {
     CPUS=${WOVE_SLURM_CPUS:-64}
     ACCOUNTING=${WOVE_SLURM_ACCOUNTING:-1}
     MAX_ARRAY_SIZE=${WOVE_SLURM_MAX_ARRAY_SIZE:-1001}
+    # Association and QOS limits enforced, as on production clusters (needs accounting).
+    ENFORCE=none
+    if [[ $ACCOUNTING == 1 ]]; then ENFORCE=associations,limits,qos; fi
     local mem_total_mb
     mem_total_mb=$(awk '/^MemTotal:/ { print int($2 / 1024) }' /proc/meminfo)
     # 16000 MB by default, but never more than 3/4 of a smaller machine's memory.
@@ -316,17 +319,18 @@ desired_settings() {
 }
 
 settings_text() {
-    printf 'CPUS=%s\nREAL_MEMORY=%s\nACCOUNTING=%s\nMAX_ARRAY_SIZE=%s\nMEMORY_MODE=%s\n' \
-        "$CPUS" "$REAL_MEMORY" "$ACCOUNTING" "$MAX_ARRAY_SIZE" "$MEMORY_MODE"
+    printf 'CPUS=%s\nREAL_MEMORY=%s\nACCOUNTING=%s\nMAX_ARRAY_SIZE=%s\nMEMORY_MODE=%s\nENFORCE=%s\n' \
+        "$CPUS" "$REAL_MEMORY" "$ACCOUNTING" "$MAX_ARRAY_SIZE" "$MEMORY_MODE" "$ENFORCE"
 }
 
 # Settings the existing configuration was written with (if any).
 load_current_settings() {
     [[ -r $SETTINGS ]] || return 1
     local key value
+    ENFORCE="(not set: written by an older local-slurm.sh)"
     while IFS='=' read -r key value; do
         case $key in
-            CPUS | REAL_MEMORY | ACCOUNTING | MAX_ARRAY_SIZE | MEMORY_MODE) printf -v "$key" '%s' "$value" ;;
+            CPUS | REAL_MEMORY | ACCOUNTING | MAX_ARRAY_SIZE | MEMORY_MODE | ENFORCE) printf -v "$key" '%s' "$value" ;;
         esac
     done <"$SETTINGS"
 }
@@ -360,7 +364,7 @@ AccountingStoragePort=6819
 AccountingStoragePass=$MUNGE_SOCKET
 # Association limits (MaxSubmitJobs, MaxJobs, ...) and QOS limits are enforced, as on production
 # clusters; register_cluster gives root (and the sudo user, if any) an association.
-AccountingStorageEnforce=associations,limits,qos"
+AccountingStorageEnforce=$ENFORCE"
     else
         accounting="# Accounting off (WOVE_SLURM_ACCOUNTING=0): plain sacct fails, as on clusters without slurmdbd.
 AccountingStorageType=accounting_storage/none"

@@ -18,7 +18,7 @@ import shutil
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from ..dispatch import protocol, spool
 from ..errors import SlurmCommandError, SlurmOutOfMemoryError, SlurmSubmitLimitError
@@ -181,22 +181,29 @@ class SlurmAdapter(BackendAdapter):
         room = self._room(batch.resources)
         if len(items) == 1 or not self.arrays:
             groups = [[item] for item in items]
-            calls = [self._submit_single(batch, item, room) for item in items]
-            outcomes = await asyncio.gather(*calls, return_exceptions=True)
+            outcomes = list(await asyncio.gather(*(self._submit_single(batch, item, room) for item in items),
+                                                 return_exceptions=True))
         else:
             max_array, _ = await asyncio.gather(self._max_array_size(), room.ready())
-            per_job = max(1, self.items_per_job)
-            bound = room.bound
-            chunk = (max_array if bound is None else max(1, min(max_array, bound))) * per_job
-            planned = (len(items) + chunk - 1) // chunk
-            # A throttle (workers=N) is shared between the chunks so the whole map stays within N.
-            throttle = max(1, batch.workers // planned) if batch.workers else None
-            if bound is None:   # no submit limit: every chunk at once
+            if room.bound is None:   # no submit limit known: every chunk at once
+                chunk = max_array * max(1, self.items_per_job)
                 groups = [items[start:start + chunk] for start in range(0, len(items), chunk)]
-                calls = [self._submit_array(batch, group, throttle, room) for group in groups]
-                outcomes = await asyncio.gather(*calls, return_exceptions=True)
+                # A throttle (workers=N) is shared between the chunks so the whole map stays within N.
+                throttle = max(1, batch.workers // len(groups)) if batch.workers else None
+                outcomes = list(await asyncio.gather(
+                    *(self._reserve_and_submit_array(batch, group, throttle, room) for group in groups),
+                    return_exceptions=True))
+                # Refused by a limit that turned out smaller than a chunk: submit those items paced instead.
+                oversized = [item for group, outcome in zip(groups, outcomes) if isinstance(outcome, _Oversized)
+                             for item in group]
+                if oversized:
+                    groups = [g for g, o in zip(groups, outcomes) if not isinstance(o, _Oversized)]
+                    outcomes = [o for o in outcomes if not isinstance(o, _Oversized)]
+                    more_groups, more_outcomes = await self._paced_arrays(batch, oversized, room, max_array)
+                    groups += more_groups
+                    outcomes += more_outcomes
             else:
-                groups, outcomes = await self._paced_arrays(batch, items, chunk, throttle, room)
+                groups, outcomes = await self._paced_arrays(batch, items, room, max_array)
         for group, outcome in zip(groups, outcomes):
             if isinstance(outcome, BaseException):
                 for item in group:
@@ -204,33 +211,55 @@ class SlurmAdapter(BackendAdapter):
                         item.future.set_exception(outcome)
                         item.future.exception()
 
-    async def _paced_arrays(self, batch: _Batch, items: list[_Item], chunk: int, throttle: Optional[int],
-                            room: limits.SubmitRoom) -> tuple[list[list[_Item]], list[Any]]:
-        """Under a submit limit: each array as large as the room left, the next one once jobs end."""
+    async def _reserve_and_submit_array(self, batch: _Batch, items: list[_Item], throttle: Optional[int],
+                                        room: limits.SubmitRoom) -> list[str]:
+        elements = (len(items) + max(1, self.items_per_job) - 1) // max(1, self.items_per_job)
+        await room.take(elements, exact=True)   # no known limit: granted at once (and counted)
+        return await self._submit_array(batch, items, throttle, room)
+
+    async def _paced_arrays(self, batch: _Batch, items: list[_Item], room: limits.SubmitRoom,
+                            max_array: int) -> tuple[list[list[_Item]], list[Any]]:
+        """Under a submit limit: each array as large as the room left, the next one once jobs end.
+
+        ``workers=N`` caps the jobs of this batch in flight (instead of an array throttle, which could not
+        account for the many small arrays pacing makes).
+        """
         per_job = max(1, self.items_per_job)
         groups: list[list[_Item]] = []
         outcomes: list[Any] = []
+        submitted: list[str] = []   # element keys of this batch
         remaining = items
         while True:
             remaining = [item for item in remaining if not item.cancelled]
             if not remaining:
                 break
-            wanted = min(chunk, len(remaining))
+            elements = min(max_array, room.bound or max_array, (len(remaining) + per_job - 1) // per_job)
+            if batch.workers:
+                submitted = [key for key in submitted if key in self.monitor.jobs]
+                elements = min(elements, batch.workers - len(submitted))
+                if elements <= 0:
+                    await room.wait_changed(1.0)
+                    continue
             try:
-                granted = await room.take((wanted + per_job - 1) // per_job,
-                                          abandoned=lambda left=remaining: all(item.cancelled for item in left))
+                granted = await room.take(elements, abandoned=lambda left=remaining: all(i.cancelled for i in left))
             except SlurmSubmitLimitError as exc:
                 groups.append(remaining)
                 outcomes.append(exc)
                 break
-            if granted == 0:
+            remaining = [item for item in remaining if not item.cancelled]   # some may have gone meanwhile
+            useful = min(granted, (len(remaining) + per_job - 1) // per_job)
+            if useful < granted:
+                room.release(granted - useful)
+            if useful == 0:
                 continue
-            group, remaining = remaining[:granted * per_job], remaining[granted * per_job:]
-            groups.append(group)
+            group, remaining = remaining[:useful * per_job], remaining[useful * per_job:]
             try:
-                await self._submit_array(batch, group, throttle, room)
-                outcomes.append(None)
+                submitted += await self._submit_array(batch, group, None, room)
+            except _Oversized:   # the limit shrank below this array: put it back, smaller next time
+                remaining = group + remaining
+                continue
             except Exception as exc:
+                groups.append(group)
                 outcomes.append(exc)
         return groups, outcomes
 
@@ -244,7 +273,11 @@ class SlurmAdapter(BackendAdapter):
             async def read() -> Optional[limits.SubmitLimit]:
                 return await limits.read_submit_limit(scontrol, qos=key[0], account=key[1])
 
-            room = self._rooms[key] = limits.SubmitRoom(read, lambda: len(self.monitor.jobs), self.submit_patience,
+            def own_in_flight() -> int:   # jobs awaited, and jobs other rooms are submitting right now
+                return len(self.monitor.jobs) + sum(other.reserved for other in self._rooms.values()
+                                                    if other is not room)
+
+            room = self._rooms[key] = limits.SubmitRoom(read, own_in_flight, self.submit_patience,
                                                         cap=self.config.get("max_queued_jobs"))
         return room
 
@@ -269,30 +302,41 @@ class SlurmAdapter(BackendAdapter):
         task_resources = resources.merge(batch.resources, item.frame.get("resources") or {})
         if not await room.take(1, abandoned=lambda: item.cancelled):
             return   # cancelled while waiting for room: nobody waits for this job
-        encoded = self.encode_payload(item.payload)
+        try:
+            encoded = self.encode_payload(item.payload)
+        except BaseException:
+            room.release(1)
+            raise
         script_args, stdin = self._script_args(task_resources)
         argv = [*self.sbatch_base, *self._common_args(batch, task_resources),
                 f"--output={self.log_dir}/%j.out", f"--error={self.log_dir}/%j.err", *script_args]
-        job_id = await self._sbatch(argv, encoded, stdin, items=1, room=room, elements=1)
+        job_id = await self._sbatch(argv, encoded, stdin, items=1, room=room, elements=1,
+                                    abandoned=lambda: item.cancelled)
         self._deliver(item, job_id, os.path.join(self.log_dir, f"{job_id}.err"), task_resources)
 
     async def _submit_array(self, batch: _Batch, items: list[_Item], workers: Optional[int],
-                            room: limits.SubmitRoom) -> None:
+                            room: limits.SubmitRoom) -> list[str]:
+        """Submit one array; the caller reserved one job per element in ``room``. Returns the element keys."""
         per_job = max(1, self.items_per_job)
         elements = (len(items) + per_job - 1) // per_job
         path = os.path.join(self.spool_dir, f"array-{uuid.uuid4().hex}.payloads")
-        spool.write_array(path, [_spool_text(item.payload) for item in items], per_job)
+        try:
+            spool.write_array(path, [_spool_text(item.payload) for item in items], per_job)
+        except BaseException:
+            room.release(elements)
+            raise
         throttle = f"%{workers}" if workers else ""
         script_args, stdin = self._script_args(batch.resources)
         argv = [*self.sbatch_base, *self._common_args(batch, batch.resources), f"--array=0-{elements - 1}{throttle}",
                 f"--output={self.log_dir}/%A_%a.out", f"--error={self.log_dir}/%A_%a.err", *script_args]
         try:
             job_id = await self._sbatch(argv, protocol.SPOOL_PREFIX + path, stdin, items=len(items), room=room,
-                                        elements=elements)
+                                        elements=elements, abandoned=lambda: all(item.cancelled for item in items))
         except BaseException:
             spool.remove(path)
             raise
-        self._live[job_id] = {f"{job_id}_{index}" for index in range(elements)}
+        keys = [f"{job_id}_{index}" for index in range(elements)]
+        self._live[job_id] = set(keys)
         self._array_files[job_id] = (path, {item.payload["run_id"] for item in items})
         for index, item in enumerate(items):
             key = f"{job_id}_{index // per_job}"
@@ -300,6 +344,7 @@ class SlurmAdapter(BackendAdapter):
             share = items[index - index % per_job:index - index % per_job + per_job]
             self._deliver(item, key, os.path.join(self.log_dir, f"{key}.err"), batch.resources,
                           cancel=all(other.cancelled or other.future.done() for other in share))
+        return keys
 
     def _deliver(self, item: _Item, key: str, stderr_path: str, task_resources: dict[str, Any],
                  cancel: bool = True) -> None:
@@ -331,15 +376,18 @@ class SlurmAdapter(BackendAdapter):
                            memory_history=list(task_resources.get("_mem_history", [])))
 
     async def _sbatch(self, argv: list[str], encoded: str, stdin: Optional[bytes], items: int,
-                      room: Optional[limits.SubmitRoom] = None, elements: int = 1) -> str:
+                      room: Optional[limits.SubmitRoom] = None, elements: int = 1,
+                      abandoned: Callable[[], bool] = lambda: False) -> str:
         """Run sbatch; retry while the controller is away, or while a submit limit has no room yet.
 
-        ``elements`` jobs were reserved in ``room`` (when given); they are confirmed or released here.
+        The caller reserved ``elements`` jobs in ``room`` (when given); they are confirmed or released here.
         """
         env = commands.environment_with({protocol.PAYLOAD_ENV: encoded})
         started = time.monotonic()
         delay = 0.5
         held = room is not None   # whether ``elements`` are reserved in the room right now
+        retrying = False          # whether this call holds ``room.refusals``
+        idle_refusals = 0         # refusals in a row while none of the weave's jobs was queued
         try:
             while True:
                 try:
@@ -348,36 +396,53 @@ class SlurmAdapter(BackendAdapter):
                     break
                 except SlurmCommandError as exc:
                     text = (exc.stderr or str(exc)).lower()
-                    if room is not None and any(marker in text for marker in limits.REFUSAL_MARKERS):
-                        # Our reading of the limit was optimistic (or there is none to read): wait for room.
-                        room.refused(elements)
-                        held = False
-                        if self.monitor.jobs:
-                            started = time.monotonic()   # our own jobs will end and make room
-                        elif time.monotonic() - started + delay > self.submit_patience:
-                            raise SlurmSubmitLimitError(
-                                f"sbatch was refused by a submit limit for {self.submit_patience:.0f}s "
-                                f"(submit_retry_seconds) while no job of this weave was queued: "
-                                f"{(exc.stderr or str(exc)).strip()}. The limit is used up by other jobs or "
-                                f"is smaller than this submission of {elements} job(s); ask your admin, or "
-                                "set max_queued_jobs / items_per_job so fewer jobs are queued at once",
-                                source="sbatch") from exc
-                        log.info("wove: sbatch refused by a submit limit; waiting for room (%s)", exc)
+                    if room is None or not any(marker in text for marker in limits.REFUSAL_MARKERS):
+                        transient = any(p in text for p in _TRANSIENT)
+                        if not transient or time.monotonic() - started + delay > self.submit_patience:
+                            raise
+                        log.warning("wove: sbatch failed transiently (%s); retrying in %.1fs", exc, delay)
                         await asyncio.sleep(delay)
                         delay = min(delay * 2, 10.0)
-                        await room.take(elements, exact=True)
-                        held = True
                         continue
-                    transient = any(p in text for p in _TRANSIENT)
-                    if not transient or time.monotonic() - started + delay > self.submit_patience:
-                        raise
-                    log.warning("wove: sbatch failed transiently (%s); retrying in %.1fs", exc, delay)
-                    await asyncio.sleep(delay)
+                    # Refused by a submit limit: our reading was optimistic, stale, or impossible.
+                    room.refused(elements)
+                    held = False
+                    await room.ready()
+                    own = bool(self.monitor.jobs or room.reserved)
+                    if room.bound is not None and elements > room.bound:
+                        raise _Oversized(elements) from exc
+                    idle_refusals = 0 if own else idle_refusals + 1
+                    if room.limit is None and elements > 1 and idle_refusals >= 2:
+                        # Refused twice with none of ours queued (jobs that just ended may count for a
+                        # moment): a limit wove cannot read is smaller than this array. Halve until it fits.
+                        room.learned = max(1, elements // 2)
+                        raise _Oversized(elements) from exc
+                    if own:
+                        started = time.monotonic()   # our own jobs will end and make room
+                    elif time.monotonic() - started + delay > self.submit_patience:
+                        raise SlurmSubmitLimitError(
+                            f"sbatch was refused by a submit limit for {self.submit_patience:.0f}s "
+                            f"(submit_retry_seconds) while no job of this weave was queued: "
+                            f"{(exc.stderr or str(exc)).strip()}. The limit is used up by other jobs or "
+                            f"is smaller than this submission of {elements} job(s); ask your admin, or "
+                            "set max_queued_jobs / items_per_job so fewer jobs are queued at once",
+                            source="sbatch") from exc
+                    log.info("wove: sbatch refused by a submit limit; waiting for room (%s)", exc)
+                    if not retrying:   # one refused submission retries at a time, the others queue here
+                        await room.refusals.acquire()
+                        retrying = True
+                    await room.wait_changed(delay)
                     delay = min(delay * 2, 10.0)
+                    if abandoned() or not await room.take(elements, exact=True, abandoned=abandoned):
+                        raise _Abandoned() from exc
+                    held = True
         except BaseException:
             if room is not None and held:
                 room.release(elements)
             raise
+        finally:
+            if retrying:
+                room.refusals.release()
         if room is not None:
             room.confirm(elements)
         job_id = commands.parse_job_id(out)
@@ -555,6 +620,14 @@ class SlurmAdapter(BackendAdapter):
             log.info("wove: Slurm job logs kept in %s", self.log_dir)
         elif not self.config.get("log_dir"):
             shutil.rmtree(self.log_dir, ignore_errors=True)
+
+
+class _Oversized(Exception):
+    """A submission was refused by a submit limit smaller than its array: it must go out in pieces."""
+
+
+class _Abandoned(Exception):
+    """Every item of a submission waiting for room was cancelled: nothing to submit any more."""
 
 
 class _NullRecord:

@@ -25,8 +25,10 @@ from . import commands
 log = logging.getLogger("wove.slurm")
 
 _LIMIT = re.compile(r"\b((?:Max|Grp)SubmitJobs(?:PU|PA)?)=(\d+)\((\d+)\)")
-# What sbatch prints when a submit limit refuses a job (Assoc/QOS, Max/Grp, per user/account).
-REFUSAL_MARKERS = ("maxsubmitjob", "grpsubmitjob", "submit limit", "job submit limit")
+# The reasons sbatch prints when a submit limit refused a job (AssocMaxSubmitJobLimit, QOSGrpSubmitJobsLimit,
+# QOSMaxSubmitJobPerUserLimit, ...). Not the generic "job submit limit, user's size and/or time limits"
+# sentence: it also covers jobs that can never run (over MaxWall, MaxTRESPerJob).
+REFUSAL_MARKERS = ("maxsubmitjob", "grpsubmitjob")
 REFRESH_SECONDS = 0.5   # re-read the controller's counts at most this often while waiting for room
 
 
@@ -43,91 +45,101 @@ class SubmitLimit:
         return max(0, self.limit - self.used)
 
 
-def parse_assoc_mgr(text: str, uid: int, qos: str = "normal", account: str = "") -> Optional[SubmitLimit]:
-    """The tightest submit limit in ``scontrol show assoc_mgr flags=assoc,qos`` output for this user.
-
-    Counted: the user's own associations (for ``account`` if given, else all of them), the ``Grp`` limits of
-    every account shown (a conservative reading: the output does not say which accounts are parents), and the
-    job's QOS (its group limit, this user's and this account's).
-    """
-    best: Optional[SubmitLimit] = None
-    scope, scope_kind = "", ""   # description of the record being read, "" when it does not apply to us
-    qos_part = ""       # inside a QOS record: "", "account" or "user" sub-section
-    sub_applies = False
+def _records(text: str) -> list[tuple[dict[str, str], list[str]]]:
+    """Split assoc_mgr output into records: the header line's fields, and the record's other lines."""
+    records: list[tuple[dict[str, str], list[str]]] = []
     for raw in text.splitlines():
-        line = raw.strip()
-        if not raw.startswith(" "):   # a new record (or a heading)
-            qos_part, sub_applies = "", False
-            fields = dict(token.partition("=")[::2] for token in line.split() if "=" in token)
-            if "ClusterName" in fields:
-                user = fields.get("UserName", "")
-                acct = fields.get("Account", "")
-                if not user:
-                    scope = f"account={acct}"
-                elif user.endswith(f"({uid})") and (not account or acct == account):
-                    scope = f"account={acct} user={user.split('(')[0]}"
-                else:
-                    scope = ""
-                scope_kind = "account" if not user else "user"
-            elif line.startswith("QOS="):
-                name = line[4:].split("(")[0]
-                scope = f"QOS {name}" if name == qos else ""
-                scope_kind = "qos"
-            else:
-                scope = ""
+        if not raw.strip():
             continue
-        if not scope:
-            continue
-        if scope_kind == "qos":
-            if line == "Account Limits":
-                qos_part = "account"
-                continue
-            if line == "User Limits":
-                qos_part = "user"
-                continue
-            if qos_part and _LIMIT.search(line) is None:   # an account name or uid heading
-                sub_applies = line == str(uid) if qos_part == "user" else (not account or line == account)
-                continue
-            if qos_part and not sub_applies:
-                continue
+        if not raw.startswith(" "):
+            records.append((dict(token.partition("=")[::2] for token in raw.split() if "=" in token), []))
+        elif records:
+            records[-1][1].append(raw.strip())
+    return records
+
+
+def _field(lines: list[str], name: str) -> str:
+    for line in lines:
+        for token in line.split():
+            key, sep, value = token.partition("=")
+            if sep and key == name:
+                return value
+    return ""
+
+
+def _limits_in(lines: list[str], source: str, group_only: bool = False) -> list[SubmitLimit]:
+    found = []
+    for line in lines:
         for name, limit, used in _LIMIT.findall(line):
-            if scope_kind == "account" and not name.startswith("Grp"):
-                continue   # Max* on an account record is only a default for its users
-            candidate = SubmitLimit(int(limit), int(used), f"{name} of {_describe(scope)}")
-            if best is None or candidate.free < best.free:
-                best = candidate
-    return best
+            if not group_only or name.startswith("Grp"):
+                found.append(SubmitLimit(int(limit), int(used), f"{name} of {source}"))
+    return found
 
 
-def _describe(scope: str) -> str:
-    return scope if scope.startswith("QOS") else f"association {scope}"
+def parse_assoc_mgr(text: str, uid: int, qos: str = "normal", account: str = "") -> Optional[SubmitLimit]:
+    """The tightest submit limit in ``scontrol show assoc_mgr flags=assoc,qos`` output for this user's jobs.
+
+    Counted: the user's association for ``account`` (else the default one, ``DefAssoc=Yes``), the ``Grp``
+    limits of that account and of its parents (``ParentAccount``), and the job's QOS: its group limit, and its
+    per-user and per-account limits for this user and that account.
+    """
+    records = _records(text)
+    assocs = [(fields, lines) for fields, lines in records if "ClusterName" in fields]
+    accounts = {fields.get("Account", ""): lines for fields, lines in assocs if not fields.get("UserName")}
+    mine = [(fields, lines) for fields, lines in assocs
+            if fields.get("UserName", "").endswith(f"({uid})") and not fields.get("Partition")]
+    if account:
+        mine = [entry for entry in mine if entry[0].get("Account") == account]
+    else:
+        mine = [entry for entry in mine if _field(entry[1], "DefAssoc") == "Yes"] or mine
+    found: list[SubmitLimit] = []
+    used_accounts = set()
+    for fields, lines in mine:
+        current = fields.get("Account", "")
+        used_accounts.add(current)
+        found += _limits_in(lines, f"association account={current} user={fields['UserName'].split('(')[0]}")
+        seen = set()
+        while current in accounts and current not in seen:   # the account and its parents
+            seen.add(current)
+            found += _limits_in(accounts[current], f"association account={current}", group_only=True)
+            current = _field(accounts[current], "ParentAccount").split("(")[0]
+    for fields, lines in records:
+        if fields.get("QOS", "").split("(")[0] != qos or "ClusterName" in fields:
+            continue
+        part, applies = "", True
+        for line in lines:
+            if line in ("Account Limits", "User Limits"):
+                part = line
+            elif part and _LIMIT.search(line) is None and "=" not in line:   # an account name or a uid
+                applies = line == str(uid) if part == "User Limits" else line in used_accounts or not mine
+            elif not part or applies:
+                found += _limits_in([line], f"QOS {qos}")
+    return min(found, key=lambda limit: limit.free, default=None)
 
 
 async def read_submit_limit(scontrol: Sequence[str], qos: str = "", account: str = "") -> Optional[SubmitLimit]:
-    """Ask the controller for the user's submit limits; ``None`` when there is none (or it will not say)."""
+    """Ask the controller for the user's tightest submit limit; ``None`` when none applies.
+
+    Raises :class:`SlurmCommandError` when the controller cannot be asked (no accounting, ``PrivateData``,
+    controller away): the caller decides what an unknown limit means.
+    """
     uid = os.getuid()
     try:
         user = pwd.getpwuid(uid).pw_name
     except KeyError:
         user = str(uid)
-    try:
-        code, out, err = await commands.run([*scontrol, "show", "assoc_mgr", f"users={user}", "flags=assoc,qos"],
-                                            timeout=30.0, check=False)
-    except SlurmCommandError as exc:
-        log.debug("wove: cannot read submit limits: %s", exc)
-        return None
-    if code != 0:   # no accounting, or PrivateData hides it: refusals are then retried with backoff
-        log.debug("wove: cannot read submit limits: %s", err.strip())
-        return None
+    _, out, _ = await commands.run([*scontrol, "show", "assoc_mgr", f"users={user}", "flags=assoc,qos"],
+                                   timeout=30.0)
     return parse_assoc_mgr(out, uid, qos or "normal", account)
 
 
 class SubmitRoom:
     """Hands out room under a submit limit; waits (re-reading the controller) while there is none.
 
-    ``own_in_flight`` says how many of the weave's jobs are still queued or running: while any is, room will
-    come back when it ends, so waiting is right. With none of its own and no room for ``patience`` seconds,
-    the limit is used up by other work and :class:`SlurmSubmitLimitError` says so.
+    Every grant is a reservation that the submitter confirms (sbatch succeeded) or releases (it did not).
+    While any of the weave's own jobs is queued or being submitted, room will come back when it ends, so
+    waiting is right. With none of its own and no room for ``patience`` seconds, the limit is used up by
+    other work: :class:`SlurmSubmitLimitError` says so, and later requests fail at once until room appears.
     """
 
     def __init__(self, read: Callable[[], Awaitable[Optional[SubmitLimit]]],
@@ -136,18 +148,22 @@ class SubmitRoom:
         self._own_in_flight = own_in_flight
         self.patience = patience
         self.cap = cap                      # executor_config.max_queued_jobs
+        self.learned: Optional[int] = None  # a size sbatch refusals taught us, when the limit cannot be read
         self.limit: Optional[SubmitLimit] = None
-        self._free: Optional[int] = None    # room left by our count since the last read
+        self._free: Optional[int] = None    # room left by our count since the last read; None: unlimited
         self._read_at = 0.0
-        self._reserved = 0                  # granted, not yet confirmed by sbatch
+        self.reserved = 0                   # granted, not yet confirmed or released
+        self._stuck_since: Optional[float] = None
         self._lock = asyncio.Lock()
         self._changed = asyncio.Event()
-        self.waits = 0                      # how often a submission had to wait (introspection, tests)
+        #: Held by a submission that a limit refused while it retries, so refused submissions retry one by one.
+        self.refusals = asyncio.Lock()
+        self.waits = 0                      # how often a request had to wait (introspection, tests)
 
     @property
     def bound(self) -> Optional[int]:
         """The largest number of jobs that can ever be queued at once, if limited."""
-        bounds = [b for b in (self.cap, self.limit.limit if self.limit else None) if b is not None]
+        bounds = [b for b in (self.cap, self.limit.limit if self.limit else None, self.learned) if b is not None]
         return min(bounds) if bounds else None
 
     def job_finished(self) -> None:
@@ -155,18 +171,18 @@ class SubmitRoom:
 
     def confirm(self, count: int) -> None:
         """``count`` reserved jobs were submitted: the controller (and the monitor) count them now."""
-        self._reserved = max(0, self._reserved - count)
+        self.reserved = max(0, self.reserved - count)
 
     def release(self, count: int) -> None:
         """``count`` reserved jobs were not submitted after all."""
-        self._reserved = max(0, self._reserved - count)
+        self.reserved = max(0, self.reserved - count)
         if self._free is not None:
             self._free += count
         self._changed.set()
 
     def refused(self, count: int) -> None:
         """sbatch was refused by a submit limit: our count was optimistic, read the controller again."""
-        self._reserved = max(0, self._reserved - count)
+        self.reserved = max(0, self.reserved - count)
         self._free = 0
         self._read_at = 0.0
 
@@ -177,14 +193,25 @@ class SubmitRoom:
                 await self.refresh()
 
     async def refresh(self) -> None:
-        limit = await self._read()
+        try:
+            self.limit = await self._read()
+        except SlurmCommandError as exc:   # keep the last reading (or none): a blip must not lift the limit
+            log.debug("wove: cannot read submit limits: %s", exc)
         self._read_at = time.monotonic()
-        self.limit = limit
-        free = limit.free - self._reserved if limit is not None else None
+        limit = self.limit
+        free = limit.free - self.reserved if limit is not None else None
         if self.cap is not None:
-            room = self.cap - self._own_in_flight() - self._reserved
+            room = self.cap - self._own_in_flight() - self.reserved
             free = room if free is None else min(free, room)
         self._free = None if free is None else max(0, free)
+
+    async def wait_changed(self, timeout: float) -> None:
+        """Wait until one of the weave's jobs ends (or ``timeout``)."""
+        self._changed.clear()
+        try:
+            await asyncio.wait_for(self._changed.wait(), timeout)
+        except asyncio.TimeoutError:
+            pass
 
     async def take(self, wanted: int, exact: bool = False,
                    abandoned: Callable[[], bool] = lambda: False) -> int:
@@ -195,42 +222,41 @@ class SubmitRoom:
         async with self._lock:
             if self._read_at == 0.0:
                 await self.refresh()
-            stuck_since: Optional[float] = None
+            needed = wanted if exact else 1
             while True:
-                if self._free is None:
-                    return wanted
-                needed = wanted if exact else 1
-                if self._free >= needed:
-                    granted = min(wanted, self._free)
-                    self._free -= granted
-                    self._reserved += granted
+                if self._free is None or self._free >= needed:
+                    granted = wanted if self._free is None else min(wanted, self._free)
+                    if self._free is not None:
+                        self._free -= granted
+                    self.reserved += granted
+                    self._stuck_since = None
                     return granted
+                if time.monotonic() - self._read_at >= REFRESH_SECONDS:   # our count may be stale
+                    await self.refresh()
+                    if self._free is None or self._free >= needed:
+                        continue
                 if abandoned():
                     return 0
-                if self._own_in_flight() == 0:
-                    stuck_since = stuck_since or time.monotonic()
-                    if time.monotonic() - stuck_since > self.patience:
-                        raise self._exhausted(needed)
+                if self._own_in_flight() or self.reserved:
+                    self._stuck_since = None   # our own jobs will end and make room
                 else:
-                    stuck_since = None
+                    self._stuck_since = self._stuck_since or time.monotonic()
+                    if time.monotonic() - self._stuck_since > self.patience:
+                        raise self._exhausted(needed)
                 self.waits += 1
-                self._changed.clear()
-                try:
-                    await asyncio.wait_for(self._changed.wait(), 1.0)
-                except asyncio.TimeoutError:
-                    pass
+                await self.wait_changed(1.0)
                 await asyncio.sleep(max(0.0, self._read_at + REFRESH_SECONDS - time.monotonic()))
                 await self.refresh()
 
     def _exhausted(self, needed: int) -> SlurmSubmitLimitError:
         limit = self.limit
-        if limit is not None and (self.cap is None or limit.limit <= self.cap):
+        if limit is not None and limit.free - self.reserved < needed:
             what = f"{limit.source} is {limit.limit} and {limit.used} jobs already count against it"
+            numbers = {"limit": limit.limit, "used": limit.used, "source": limit.source}
         else:
             what = f"max_queued_jobs is {self.cap}"
+            numbers = {"limit": self.cap, "used": None, "source": "max_queued_jobs"}
         return SlurmSubmitLimitError(
             f"no room to submit {needed} more Slurm job(s): {what}, none of them from this weave, and none "
             f"ended in {self.patience:.0f}s (submit_retry_seconds). Wait for those jobs, ask your admin to raise "
-            "the limit, or pack items with items_per_job so fewer jobs are needed",
-            limit=limit.limit if limit else self.cap, used=limit.used if limit else None,
-            source=limit.source if limit else "max_queued_jobs")
+            "the limit, or pack items with items_per_job so fewer jobs are needed", **numbers)
