@@ -76,6 +76,8 @@ def test_compact_json_matches_the_json_module():
         assert compactjson.loads(text) == json.loads(text)
         assert compactjson.loads(f" \n{text}\t".encode()) == json.loads(text)
     assert compactjson.dumps({"n": float("nan")}) == '{"n":NaN}'
+    for encoded in ('\ufeff{"a": 1}'.encode(), '{"a": 1}'.encode("utf-16"), '{"a": 1}'.encode("utf-32-le")):
+        assert compactjson.loads(encoded) == json.loads(encoded) == {"a": 1}
     for bad in ("", "{", '{"a": 1} extra', "[1,]", '{"a": "unterminated', '"open'):
         with pytest.raises(ValueError):
             compactjson.loads(bad)

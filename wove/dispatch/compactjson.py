@@ -59,19 +59,23 @@ def dumps(obj: Any) -> str:
 
 def loads(text: str | bytes) -> Any:
     """``json.loads(text)``."""
+    original = text
     if isinstance(text, (bytes, bytearray)):
-        text = bytes(text).decode("utf-8")
-    if _scan is None:
+        try:
+            text = bytes(text).decode("utf-8")
+        except UnicodeDecodeError:
+            text = "\ufeff"   # not UTF-8: json detects UTF-16/32 itself
+    if _scan is None or text.startswith("\ufeff"):
         import json
 
-        return json.loads(text)
+        return json.loads(original)
     stripped = text.strip(" \t\n\r")
     try:
         value, end = _scan(stripped, 0)
     except (StopIteration, ValueError, SystemError):   # (3.11's scanner can fail without an exception)
         value, end = None, -1
-    if end != len(stripped):   # not one JSON document: let json say exactly what is wrong
+    if end != len(stripped):   # not one JSON document: json says exactly what is wrong (or decodes it)
         import json
 
-        return json.loads(text)
+        return json.loads(original)
     return value

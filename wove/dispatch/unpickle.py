@@ -5,7 +5,7 @@ loading it calls a few small reconstructors from ``cloudpickle.cloudpickle``. Im
 about 20 ms (it pulls in ``typing``, ``inspect``, ``dataclasses``, ``platform``), a large share of a short
 job's life. The reconstructors of plain functions and closures need nothing but ``types``, so this module
 supplies them; anything else (a class or an enum defined in ``__main__``) is resolved from the real
-cloudpickle as usual. Only used for cloudpickle 3.x pickles, whose reconstructors these match.
+cloudpickle as usual. Only used for cloudpickle 3.0 and 3.1 pickles, whose reconstructors these match.
 """
 
 from __future__ import annotations
@@ -85,6 +85,10 @@ _LIGHT = {
 }
 
 
+# cloudpickle releases whose reconstructors these match; others load through cloudpickle itself.
+_TESTED = ("3.0.", "3.1.")
+
+
 class _Unpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
         if module == "cloudpickle.cloudpickle" and name in _LIGHT:
@@ -93,7 +97,7 @@ class _Unpickler(pickle.Unpickler):
 
 
 def loads(data: bytes, cloudpickle_version: str = "") -> Any:
-    """``pickle.loads``, with cloudpickle's function reconstructors supplied for 3.x pickles."""
-    if not cloudpickle_version.startswith("3.") or b"cloudpickle" not in data:
+    """``pickle.loads``, with cloudpickle's function reconstructors supplied for cloudpickle 3.0/3.1 pickles."""
+    if not cloudpickle_version.startswith(_TESTED) or b"cloudpickle" not in data:
         return pickle.loads(data)
     return _Unpickler(io.BytesIO(data)).load()

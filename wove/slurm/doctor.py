@@ -60,9 +60,14 @@ async def _tool(name: str, argv: list[str]) -> Check:
 
 async def _limits_check(executor_config: dict[str, Any]) -> Check:
     """Not fatal: wove paces submissions under a limit, but a limit used up by other jobs blocks it."""
-    limit = await limits.read_submit_limit(executor_config.get("scontrol") or ["scontrol"],
-                                           qos=str(executor_config.get("qos") or ""),
-                                           account=str(executor_config.get("account") or ""))
+    try:
+        limit = await limits.read_submit_limit(executor_config.get("scontrol") or ["scontrol"],
+                                               qos=str(executor_config.get("qos") or ""),
+                                               account=str(executor_config.get("account") or ""))
+    except WoveError as exc:
+        return Check("submit limits", False, f"cannot be read: {str(exc).splitlines()[0]}",
+                     "optional: wove then learns them from sbatch refusals; set max_queued_jobs if you know "
+                     "your limit", fatal=False)
     if limit is None:
         return Check("submit limits", True, "none that wove can read (MaxSubmitJobs and kin)", fatal=False)
     detail = f"{limit.source} is {limit.limit}, {limit.used} in use, room for {limit.free} more job(s)"
