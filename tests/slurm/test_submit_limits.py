@@ -429,3 +429,11 @@ def test_a_limit_that_cannot_be_read_is_learned_from_refusals(executor, max_subm
     learned = [room.learned for room in instance.adapter._rooms.values()]
     assert len(learned) == 1 and 1 <= learned[0] <= 10, learned   # 30 -> 15 -> 7 (or less)
     assert squeue_jobs(prefix) == []
+
+
+@pytest.mark.parametrize("value", [0, -3, 2.5, True, "10"])
+def test_invalid_max_queued_jobs_is_refused_at_config_time(value):
+    import wove
+
+    with pytest.raises(ValueError, match=rf"executor_config\.max_queued_jobs must be an integer >= 1, got {value!r}"):
+        wove.config(environments={"slurm": {"executor": "slurm", "executor_config": {"max_queued_jobs": value}}})
