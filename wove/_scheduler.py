@@ -230,6 +230,7 @@ class Runtime:
         # (for a mapped task, ITEM marks where a positional-only item goes)
         args = [ITEM if p == spec.item_param else values[p] for p in spec.positional] if spec.positional else ()
         name = spec.name
+        settings: Optional[dict[str, Any]] = None
         if spec.options or spec.map_source is not None:
             environment = (self.resolver.environment_name(spec.options.get("environment")) if spec.options
                            else self._default_environment)
@@ -252,7 +253,7 @@ class Runtime:
                 return future
             awaitable = spec.func(*args, **kwargs)
         else:
-            settings = self.task_settings(spec, environment)
+            settings = settings or self.task_settings(spec, environment)   # resolved above, or a plain task's
             awaitable = self._run_one(spec, list(args), kwargs, settings, environment)
         return self.loop.create_task(self._drive(name, awaitable))
 

@@ -331,17 +331,17 @@ class BackendAdapterEnvironmentExecutor(EnvironmentExecutor):
             # would otherwise spend most of its submission time pickling the same function).
             cached = self._callables.get(id(func))
             if cached is None or cached[0] is not func:
-                cached = self._callables[id(func)] = (func, base64.b64encode(cloudpickle.dumps(func)).decode())
+                cached = self._callables[id(func)] = (func, protocol.b64encode(cloudpickle.dumps(func)))
             callable_pickle = cached[1]
         else:
-            callable_pickle = base64.b64encode(cloudpickle.dumps(func)).decode("ascii")
+            callable_pickle = protocol.b64encode(cloudpickle.dumps(func))
         return {
             **self._static,
             "run_id": frame["run_id"],
             "task_id": frame.get("task_id"),
             "task_name": frame.get("task_name"),
             "callable_pickle": callable_pickle,
-            "args_pickle": base64.b64encode(cloudpickle.dumps(tuple(frame.get("args") or ((), {})))).decode(),
+            "args_pickle": protocol.b64encode(cloudpickle.dumps(tuple(frame.get("args") or ((), {})))),
             "delivery": delivery,
             "signing": {"alg": "hmac-sha256", "key": protocol.new_key()},
         }

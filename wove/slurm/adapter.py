@@ -180,9 +180,9 @@ class SlurmAdapter(BackendAdapter):
         """
         room = self._room(batch.resources)
         if len(items) == 1 or not self.arrays:
-            groups = [[item] for item in items]
-            outcomes = list(await asyncio.gather(*(self._submit_single(batch, item, room) for item in items),
-                                                 return_exceptions=True))
+            outcomes = await asyncio.gather(*(self._submit_single(batch, item, room) for item in items),
+                                            return_exceptions=True)
+            pairs = list(zip([[item] for item in items], outcomes))
         else:
             max_array, _ = await asyncio.gather(self._max_array_size(), room.ready())
             if room.bound is None:   # no submit limit known: every chunk at once
@@ -190,21 +190,17 @@ class SlurmAdapter(BackendAdapter):
                 groups = [items[start:start + chunk] for start in range(0, len(items), chunk)]
                 # A throttle (workers=N) is shared between the chunks so the whole map stays within N.
                 throttle = max(1, batch.workers // len(groups)) if batch.workers else None
-                outcomes = list(await asyncio.gather(
+                outcomes = await asyncio.gather(
                     *(self._reserve_and_submit_array(batch, group, throttle, room) for group in groups),
-                    return_exceptions=True))
+                    return_exceptions=True)
+                pairs = [(g, o) for g, o in zip(groups, outcomes) if not isinstance(o, _Oversized)]
                 # Refused by a limit that turned out smaller than a chunk: submit those items paced instead.
-                oversized = [item for group, outcome in zip(groups, outcomes) if isinstance(outcome, _Oversized)
-                             for item in group]
+                oversized = [item for g, o in zip(groups, outcomes) if isinstance(o, _Oversized) for item in g]
                 if oversized:
-                    groups = [g for g, o in zip(groups, outcomes) if not isinstance(o, _Oversized)]
-                    outcomes = [o for o in outcomes if not isinstance(o, _Oversized)]
-                    more_groups, more_outcomes = await self._paced_arrays(batch, oversized, room, max_array)
-                    groups += more_groups
-                    outcomes += more_outcomes
+                    pairs += await self._paced_arrays(batch, oversized, room, max_array)
             else:
-                groups, outcomes = await self._paced_arrays(batch, items, room, max_array)
-        for group, outcome in zip(groups, outcomes):
+                pairs = await self._paced_arrays(batch, items, room, max_array)
+        for group, outcome in pairs:
             if isinstance(outcome, BaseException):
                 for item in group:
                     if not item.future.done():
@@ -213,27 +209,25 @@ class SlurmAdapter(BackendAdapter):
 
     async def _reserve_and_submit_array(self, batch: _Batch, items: list[_Item], throttle: Optional[int],
                                         room: limits.SubmitRoom) -> list[str]:
-        elements = (len(items) + max(1, self.items_per_job) - 1) // max(1, self.items_per_job)
-        await room.take(elements, exact=True)   # no known limit: granted at once (and counted)
+        await room.take(self._elements(len(items)), exact=True)   # no known limit: granted at once (and counted)
         return await self._submit_array(batch, items, throttle, room)
 
     async def _paced_arrays(self, batch: _Batch, items: list[_Item], room: limits.SubmitRoom,
-                            max_array: int) -> tuple[list[list[_Item]], list[Any]]:
+                            max_array: int) -> list[tuple[list[_Item], Exception]]:
         """Under a submit limit: each array as large as the room left, the next one once jobs end.
 
         ``workers=N`` caps the jobs of this batch in flight (instead of an array throttle, which could not
-        account for the many small arrays pacing makes).
+        account for the many small arrays pacing makes). Returns the groups that failed, with their error.
         """
         per_job = max(1, self.items_per_job)
-        groups: list[list[_Item]] = []
-        outcomes: list[Any] = []
+        failures: list[tuple[list[_Item], Exception]] = []
         submitted: list[str] = []   # element keys of this batch
         remaining = items
         while True:
             remaining = [item for item in remaining if not item.cancelled]
             if not remaining:
                 break
-            elements = min(max_array, room.bound or max_array, (len(remaining) + per_job - 1) // per_job)
+            elements = min(max_array, room.bound or max_array, self._elements(len(remaining)))
             if batch.workers:
                 submitted = [key for key in submitted if key in self.monitor.jobs]
                 elements = min(elements, batch.workers - len(submitted))
@@ -243,11 +237,10 @@ class SlurmAdapter(BackendAdapter):
             try:
                 granted = await room.take(elements, abandoned=lambda left=remaining: all(i.cancelled for i in left))
             except SlurmSubmitLimitError as exc:
-                groups.append(remaining)
-                outcomes.append(exc)
+                failures.append((remaining, exc))
                 break
             remaining = [item for item in remaining if not item.cancelled]   # some may have gone meanwhile
-            useful = min(granted, (len(remaining) + per_job - 1) // per_job)
+            useful = min(granted, self._elements(len(remaining)))
             if useful < granted:
                 room.release(granted - useful)
             if useful == 0:
@@ -259,9 +252,13 @@ class SlurmAdapter(BackendAdapter):
                 remaining = group + remaining
                 continue
             except Exception as exc:
-                groups.append(group)
-                outcomes.append(exc)
-        return groups, outcomes
+                failures.append((group, exc))
+        return failures
+
+    def _elements(self, items: int) -> int:
+        """Array elements needed for ``items`` items, ``items_per_job`` to an element."""
+        per_job = max(1, self.items_per_job)
+        return (items + per_job - 1) // per_job
 
     def _room(self, task_resources: dict[str, Any]) -> limits.SubmitRoom:
         """One room per (qos, account): the limits that apply depend on both."""
@@ -318,7 +315,7 @@ class SlurmAdapter(BackendAdapter):
                             room: limits.SubmitRoom) -> list[str]:
         """Submit one array; the caller reserved one job per element in ``room``. Returns the element keys."""
         per_job = max(1, self.items_per_job)
-        elements = (len(items) + per_job - 1) // per_job
+        elements = self._elements(len(items))
         path = os.path.join(self.spool_dir, f"array-{uuid.uuid4().hex}.payloads")
         try:
             spool.write_array(path, [_spool_text(item.payload) for item in items], per_job)
