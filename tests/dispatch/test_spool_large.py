@@ -33,17 +33,25 @@ MB = 1024 * 1024
 def spool_removals(monkeypatch):
     """Every spool file wove deletes in this process: (path, existed, mode)."""
     removed = []
-    real = spool.remove
+    real, real_by_fd = spool.remove, spool.RunDir.remove
 
-    def recording(path):
+    def record(path):
         try:
             mode = stat.S_IMODE(os.stat(path).st_mode)
         except OSError:
             mode = None
         removed.append((path, mode is not None, mode))
+
+    def recording(path):
+        record(path)
         real(path)
 
+    def recording_by_fd(run_dir, name):   # files in a run's directory, removed through its descriptor
+        record(run_dir.file_path(name))
+        real_by_fd(run_dir, name)
+
     monkeypatch.setattr(spool, "remove", recording)
+    monkeypatch.setattr(spool.RunDir, "remove", recording_by_fd)
     return removed
 
 

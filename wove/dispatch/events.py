@@ -7,7 +7,9 @@ security rules live in one place. Nothing is parsed, let alone unpickled, before
 from __future__ import annotations
 
 import base64
+import builtins
 import hashlib
+import io
 import json
 import pickle
 from collections import deque
@@ -34,10 +36,56 @@ def loads(data: bytes) -> Any:
     return pickle.loads(data)
 
 
+#: Names of ``builtins`` a restricted unpickler may rebuild: plain data types and exception classes only
+#: (never ``eval``, ``exec``, ``getattr``, ``__import__``, ``open``...).
+SAFE_BUILTINS = frozenset({
+    "bool", "int", "float", "complex", "str", "bytes", "bytearray", "list", "tuple", "dict", "set",
+    "frozenset", "slice", "range", "NoneType", "Ellipsis", "NotImplemented",
+} | {name for name, value in vars(builtins).items() if isinstance(value, type) and issubclass(value, BaseException)})
+
+
+class RefusedGlobal(pickle.UnpicklingError):
+    """A restricted unpickler met a global outside the allow-list."""
+
+    def __init__(self, module: str, name: str, allowed: tuple[str, ...]):
+        self.module, self.name, self.allowed = module, name, allowed
+        shown = ", ".join(repr(m) for m in allowed) or "none"
+        super().__init__(
+            f"it references {module}.{name}, which executor_config['unpickle_allow'] does not allow "
+            f"(allowed modules: {shown}; builtin data and exception types are always allowed); add its module "
+            f"to unpickle_allow only if you trust every job of this environment")
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    def __init__(self, data: io.BytesIO, allowed: tuple[str, ...]):
+        super().__init__(data)
+        self._allowed = allowed
+
+    def find_class(self, module: str, name: str) -> Any:
+        if module == "builtins":
+            allowed = name in SAFE_BUILTINS
+        elif module == "copyreg":
+            allowed = name in ("_reconstructor", "__newobj__", "__newobj_ex__")
+        else:
+            allowed = any(module == prefix or module.startswith(prefix + ".") for prefix in self._allowed)
+        if not allowed:
+            raise RefusedGlobal(module, name, self._allowed)
+        return super().find_class(module, name)
+
+
+def restricted_loads(data: bytes, allowed: tuple[str, ...]) -> Any:
+    """Unpickle resolving only globals of the ``allowed`` modules (and safe builtins): defence in depth
+    against a signed but malicious result, for users who opt in with ``unpickle_allow``."""
+    return _RestrictedUnpickler(io.BytesIO(data), allowed).load()
+
+
 class EventGate:
     """Knows every run's signing key and replay state; turns verified events into frames."""
 
-    def __init__(self, spool_dir: Optional[str] = None):
+    def __init__(self, spool_dir: Optional[str] = None, *, allowed_modules: Optional[tuple[str, ...]] = None):
+        #: With ``allowed_modules`` (``executor_config['unpickle_allow']``) results and exceptions are rebuilt
+        #: by a restricted unpickler; ``None`` trusts whatever a correctly signed event carries.
+        self.allowed_modules = tuple(allowed_modules) if allowed_modules is not None else None
         self._runs: dict[str, _RunState] = {}
         self._finished: deque[str] = deque()
         self.spool_dir = spool_dir
@@ -87,6 +135,59 @@ class EventGate:
             return CONFLICT
         return OK
 
+    def authenticate(self, run_id: Optional[str], event: Optional[str], incarnation: Optional[str],
+                     seq: Optional[str], signature: Optional[str], *, body_digest: str) -> int:
+        """Headers and signature (constant time) over the body's SHA-256: OK, or the status to answer."""
+        status = self.precheck(run_id, event, incarnation, seq, signature)
+        if status != OK:
+            return status
+        assert run_id is not None and event is not None and signature is not None
+        state = self._runs[run_id]
+        if not protocol.verify_digest(state.key, run_id, event, int(incarnation), int(seq),  # type: ignore[arg-type]
+                                      body_digest, signature):
+            self.count_rejection(UNAUTHORIZED)
+            return UNAUTHORIZED
+        return OK
+
+    def parse(self, run_id: str, event: str, incarnation: int, seq: int,
+              body: bytes | bytearray) -> tuple[int, Optional[dict[str, Any]]]:
+        """Turn an authenticated body into a frame whose pickles are still encoded (cheap; nothing unpickled).
+
+        A finished run's late event is acknowledged and never decoded: the result is ``(OK, None)``, or for
+        ``task_cancelled`` (the acknowledgement of our own cancel) a frame made from the signed envelope
+        alone, marked ``late``.
+        """
+        state = self._runs.get(run_id)
+        if state is None or state.finished:
+            self.commit(run_id, incarnation, seq)
+            if event == "task_cancelled":
+                return OK, {"type": event, "run_id": run_id, "incarnation": incarnation, "late": True}
+            return OK, None
+        try:
+            frame = json.loads(body)
+        except (ValueError, UnicodeDecodeError):
+            frame = None
+        if not isinstance(frame, dict) or frame.get("type") != event or frame.get("run_id") != run_id \
+                or event not in protocol.EVENT_TYPES:
+            self.count_rejection(BAD_REQUEST)
+            self.commit(run_id, incarnation, seq)
+            return BAD_REQUEST, None
+        frame["incarnation"] = incarnation
+        return OK, frame
+
+    def unpack(self, frame: dict[str, Any]) -> dict[str, Any]:
+        """Read a spooled result and unpickle (the heavy part; safe to run in a thread).
+
+        Raises ``OSError`` when a spooled result cannot be read (yet), ``ValueError`` for malformed fields.
+        """
+        return unpack(frame, self._read_ref, self.allowed_modules)
+
+    def commit(self, run_id: str, incarnation: int, seq: int) -> None:
+        """Consume the event's sequence number: the same event is a replay from now on."""
+        state = self._runs.get(run_id)
+        if state is not None:
+            state.incarnation, state.seq = incarnation, seq
+
     def accept(self, run_id: Optional[str], event: Optional[str], incarnation: Optional[str],
                seq: Optional[str], signature: Optional[str], body: bytes) -> tuple[int, Optional[dict[str, Any]]]:
         """Authenticate one event and decode it: ``(status, frame)``; ``frame`` is ``None`` unless it is new.
@@ -95,50 +196,30 @@ class EventGate:
         sequence number is consumed only once the event is decoded, so an event that could not be read
         yet (503: a spooled result not visible on a shared filesystem) can be delivered again.
         """
-        status = self.precheck(run_id, event, incarnation, seq, signature)
+        status = self.authenticate(run_id, event, incarnation, seq, signature,
+                                   body_digest=protocol.sha256(body).hexdigest())
         if status != OK:
             return status, None
-        assert run_id is not None and event is not None and signature is not None
-        state = self._runs[run_id]
-        seq_n, inc_n = int(seq), int(incarnation)  # type: ignore[arg-type]
-        if not protocol.verify(state.key, run_id, event, inc_n, seq_n, body, signature):
-            self.count_rejection(UNAUTHORIZED)
-            return UNAUTHORIZED, None
-        if state.finished and event != "task_cancelled":
-            state.incarnation, state.seq = inc_n, seq_n   # authentic but late: acknowledged, never decoded
-            return OK, None
+        assert run_id is not None and event is not None
+        inc_n, seq_n = int(incarnation), int(seq)  # type: ignore[arg-type]
+        status, frame = self.parse(run_id, event, inc_n, seq_n, body)
+        if frame is None or status != OK or frame.get("late"):
+            return status, frame
         try:
-            frame = self.decode(run_id, event, inc_n, body)
+            frame = self.unpack(frame)
         except OSError:
             self.count_rejection(UNAVAILABLE)
             return UNAVAILABLE, None
-        state.incarnation, state.seq = inc_n, seq_n
-        if frame is None:
+        except (ValueError, TypeError):
             self.count_rejection(BAD_REQUEST)
+            self.commit(run_id, inc_n, seq_n)
             return BAD_REQUEST, None
+        self.commit(run_id, inc_n, seq_n)
         return OK, frame
 
     def is_finished(self, run_id: str) -> bool:
         state = self._runs.get(run_id)
         return state is None or state.finished
-
-    def decode(self, run_id: str, event: str, incarnation: int, body: bytes) -> Optional[dict[str, Any]]:
-        """Parse an authenticated body into an event frame; ``None`` if it is malformed.
-
-        Raises ``OSError`` when a spooled result cannot be read (yet).
-        """
-        try:
-            frame = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
-            return None
-        if not isinstance(frame, dict) or frame.get("type") != event or frame.get("run_id") != run_id \
-                or event not in protocol.EVENT_TYPES:
-            return None
-        frame["incarnation"] = incarnation
-        try:
-            return unpack(frame, self._read_ref)
-        except (ValueError, TypeError):
-            return None
 
     def _read_ref(self, ref: Any) -> bytes:
         if not isinstance(ref, dict) or not isinstance(ref.get("path"), str):
@@ -154,13 +235,17 @@ class EventGate:
         return data
 
 
-def unpack(frame: dict[str, Any], read_ref: Optional[Callable[[Any], bytes]] = None) -> dict[str, Any]:
+def unpack(frame: dict[str, Any], read_ref: Optional[Callable[[Any], bytes]] = None,
+           allowed_modules: Optional[tuple[str, ...]] = None) -> dict[str, Any]:
     """Unpickle a frame's result and exception (after authentication, or from a private pipe).
 
-    A result that cannot be rebuilt here (its class is not importable in the weave process) turns the
-    frame into a ``task_error`` from the transport; an exception that cannot be rebuilt is replaced by the
-    normalized error dict. Malformed fields raise ``ValueError``.
+    A result that cannot be rebuilt here (its class is not importable in the weave process, or the
+    restricted unpickler refuses it) turns the frame into a ``task_error`` from the transport; an exception
+    that cannot be rebuilt is replaced by the normalized error dict. Malformed fields raise ``ValueError``.
     """
+    def load(data: bytes) -> Any:
+        return loads(data) if allowed_modules is None else restricted_loads(data, allowed_modules)
+
     if "result_pickle" in frame or "result_ref" in frame:
         if "result_pickle" in frame:
             encoded = frame.pop("result_pickle")
@@ -172,17 +257,20 @@ def unpack(frame: dict[str, Any], read_ref: Optional[Callable[[Any], bytes]] = N
         else:
             raise ValueError("result_ref is not supported on this channel")
         try:
-            frame["result"] = loads(data)
+            frame["result"] = load(data)
         except Exception as exc:
             frame["type"] = "task_error"
+            refused = isinstance(exc, RefusedGlobal)
             frame["error"] = {
-                "kind": type(exc).__name__, "retryable": False, "source": "transport", "traceback": "",
-                "message": f"the task finished but its result could not be unpickled in the weave "
-                           f"process: {type(exc).__name__}: {exc}"}
+                "kind": "RefusedResult" if refused else type(exc).__name__, "retryable": False,
+                "source": "transport", "traceback": "",
+                "message": (f"the task finished but its result was refused: {exc}" if refused else
+                            f"the task finished but its result could not be unpickled in the weave "
+                            f"process: {type(exc).__name__}: {exc}")}
     if "exception_pickle" in frame:
         try:
-            frame["exception"] = loads(base64.b64decode(frame.pop("exception_pickle")))
-        except Exception:  # the type may not exist here: fall back to the error dict
+            frame["exception"] = load(base64.b64decode(frame.pop("exception_pickle")))
+        except Exception:  # the type may not exist here (or is not allowed): fall back to the error dict
             frame["exception"] = None
     return frame
 

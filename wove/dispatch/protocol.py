@@ -84,8 +84,37 @@ def sign(key: str, run_id: str, event: str, incarnation: int, seq: int, body: by
 
 def verify(key: str, run_id: str, event: str, incarnation: int, seq: int, body: bytes, signature: str) -> bool:
     """Constant-time check of an event signature (no parsing of ``body`` happens here)."""
-    expected = sign(key, run_id, event, incarnation, seq, body)
+    return verify_digest(key, run_id, event, incarnation, seq, sha256(body).hexdigest(), signature)
+
+
+def verify_digest(key: str, run_id: str, event: str, incarnation: int, seq: int, body_digest: str,
+                  signature: str) -> bool:
+    """``verify`` for a body whose SHA-256 was computed as it streamed in."""
+    expected = hmac_sha256(key.encode(), canonical(run_id, event, incarnation, seq, body_digest))
     return compare_digest(expected.encode(), signature.encode("ascii", "replace"))
+
+
+EVENTS_PATH = "/wove/events/"
+_TOKEN_END = frozenset(" \t\r\n/?#'\"<>()[]{},;`")
+
+
+def redact(text: str) -> str:
+    """``text`` with every callback token hidden: ``.../wove/events/<token>`` becomes ``.../wove/events/…``."""
+    start = text.find(EVENTS_PATH)
+    if start < 0:
+        return text
+    parts, position = [], 0
+    while start >= 0:
+        begin = end = start + len(EVENTS_PATH)
+        while end < len(text) and text[end] not in _TOKEN_END:
+            end += 1
+        parts.append(text[position:begin])
+        if end > begin:
+            parts.append("\u2026")
+        position = end
+        start = text.find(EVENTS_PATH, end)
+    parts.append(text[position:])
+    return "".join(parts)
 
 
 def version_info() -> dict[str, str]:
@@ -138,6 +167,8 @@ def read_payload(reference: Optional[str], array_index: Optional[int] = None) ->
     path = reference[len(SPOOL_PREFIX):]
     try:
         texts = spool.read_payload_texts(path, array_index)
+    except spool.UnsafeSpoolError as exc:   # someone else could have written it: never load it
+        raise PayloadError(str(exc)) from None
     except OSError as exc:
         raise PayloadError(f"cannot read spooled payload {path}: {exc.strerror or exc}; the spool directory "
                            "must be on a filesystem the job can read (executor_config.spool_dir)") from None

@@ -1,66 +1,248 @@
 """The callback receiver: a small asyncio HTTP/1.1 server for ``POST /wove/events/{token}``.
 
-One per running remote environment, started lazily and always stopped with it. It answers 404 for any
-other path, 413 above the body limit (without reading the body), 401/403 for missing or bad signatures or
-unknown runs, 409 for replays, 400 for malformed JSON, and 200 once an event is accepted. Rejected requests
-never reach unpickling and never disturb the weave.
+One per running remote environment, started lazily and always stopped with it. Anyone who can reach the
+port can connect, so the server gives unauthenticated clients as little as possible:
+
+- every read has a deadline (headers ``HEAD_SECONDS``, bodies ``BODY_SECONDS`` plus a minimum rate);
+- a request head is at most ``MAX_HEAD_BYTES`` and ``MAX_HEADERS`` lines, parsed strictly (no
+  ``Transfer-Encoding``, exactly one all-digit ``Content-Length``), else 400/431 and close;
+- 404 (wrong path), 413 (over the body limit), 401/403/409 (unsigned, unknown run, replay) are answered
+  from the head alone and the connection closed: their bodies are never read;
+- bodies are small (``DEFAULT_MAX_BODY``; larger results travel through the spool), hashed as they
+  stream in, one at a time per run, and within a total budget (``MAX_BUFFERED``);
+- connections are capped below the process's descriptor limit and per peer; at the cap the oldest idle
+  connection is dropped instead of refusing the new one; accept errors are logged once a second at most.
+
+Authentic events are decoded (unpickled) only after their signature checks out, large ones in a thread.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import errno
+import hashlib
 import hmac
 import json
 import logging
 import socket
+import time
+from collections import deque
+from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 from . import protocol
-from .events import BAD_REQUEST, NOT_FOUND, OK, TOO_LARGE, EventGate
+from .events import BAD_REQUEST, NOT_FOUND, OK, TOO_LARGE, UNAVAILABLE, EventGate
 
 log = logging.getLogger("wove.dispatch")
 
-DEFAULT_MAX_BODY = 512 * 1024 * 1024   # results up to hundreds of MB ride in the body; larger ones spool
-_MAX_HEADER = 64 * 1024
-_REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
-            405: "Method Not Allowed", 409: "Conflict", 413: "Payload Too Large", 431: "Header Too Large",
-            503: "Service Unavailable"}
+DEFAULT_MAX_BODY = 4 * 1024 * 1024   # larger results are written to the spool and referenced (signed digest)
+MAX_BUFFERED = 16 * 1024 * 1024      # bodies of all connections held in memory at once
+MAX_HEAD_BYTES = 8 * 1024
+MAX_HEADERS = 100
+HEAD_SECONDS = 30.0                  # a client silent this long (between or inside request heads) is dropped
+BODY_SECONDS = 10.0                  # plus the time the body needs at BODY_BYTES_PER_SECOND
+BODY_BYTES_PER_SECOND = 1024 * 1024
+MAX_CONNECTIONS = 4096               # ceiling; the real cap also stays well below RLIMIT_NOFILE
+SLOT_WAIT_SECONDS = 10.0             # longest wait for a run's body slot or the memory budget, then 503
+OFFLOAD_BYTES = 256 * 1024           # bodies above this (and spooled results) are decoded in a thread
 PATH_PREFIX = "/wove/events/"
-IDLE_SECONDS = 30.0                       # a client silent this long (between or inside requests) is dropped
-BODY_BYTES_PER_SECOND = 10 * 1024 * 1024  # slowest upload rate allowed for large bodies
-MAX_CONNECTIONS = 1024
+_REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
+            409: "Conflict", 413: "Payload Too Large", 431: "Request Header Fields Too Large",
+            503: "Service Unavailable"}
+_TOKEN_CHARS = frozenset(b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+_DIGITS = frozenset(b"0123456789")
+
+
+class BadRequest(Exception):
+    """A request head that is malformed or ambiguous; answered with ``status`` and the connection closed."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass
+class Request:
+    method: str
+    target: str
+    keep_alive: bool
+    length: int
+    headers: dict[str, str]
+
+
+def parse_head(head: bytes) -> Request:
+    """Parse a request head strictly (RFC 9112): anything a proxy could read differently is refused."""
+    lines = head[:-4].split(b"\r\n") if head.endswith(b"\r\n\r\n") else head.split(b"\r\n")
+    if len(lines) - 1 > MAX_HEADERS:
+        raise BadRequest(431, f"more than {MAX_HEADERS} header lines")
+    parts = lines[0].split(b" ")
+    if len(parts) != 3 or not parts[0] or not parts[1] or parts[2] not in (b"HTTP/1.1", b"HTTP/1.0"):
+        raise BadRequest(BAD_REQUEST, "malformed request line")
+    headers: dict[str, str] = {}
+    for line in lines[1:]:
+        name, colon, value = line.partition(b":")
+        if not colon or not name or not set(name) <= _TOKEN_CHARS:   # also refuses obs-fold and "Name :"
+            raise BadRequest(BAD_REQUEST, "malformed header line")
+        key = name.decode("ascii").lower()
+        if key in headers and key in ("content-length", "host", protocol.H_RUN, protocol.H_EVENT, protocol.H_SEQ,
+                                      protocol.H_INCARNATION, protocol.H_SIGNATURE):
+            raise BadRequest(BAD_REQUEST, f"duplicate {key} header")
+        headers[key] = value.strip(b" \t").decode("latin-1")
+    if "transfer-encoding" in headers:
+        raise BadRequest(BAD_REQUEST, "transfer-encoding is not supported; send a content-length")
+    text = headers.get("content-length", "0")
+    if not text or not set(text.encode("latin-1")) <= _DIGITS or len(text) > 18:
+        raise BadRequest(BAD_REQUEST, "content-length must be one decimal number")
+    version = parts[2].decode()
+    connection = headers.get("connection", "").lower()
+    keep_alive = connection != "close" if version == "HTTP/1.1" else connection == "keep-alive"
+    return Request(parts[0].decode("latin-1"), parts[1].decode("latin-1"), keep_alive, int(text), headers)
+
+
+@dataclass(eq=False)
+class _Connection:
+    peer: str
+    writer: asyncio.StreamWriter
+    task: Optional[asyncio.Task[None]] = None
+    idle_since: Optional[float] = None   # monotonic time it began waiting for a request head; None while busy
+
+
+class _ByteBudget:
+    """Bytes of request bodies held in memory at once; waiters are served in arrival order."""
+
+    def __init__(self, capacity: int):
+        self.capacity = capacity
+        self.used = 0
+        self._waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
+
+    async def acquire(self, size: int, timeout: float) -> bool:
+        if not self._waiters and self.used + size <= self.capacity:
+            self.used += size
+            return True
+        waiter = asyncio.get_running_loop().create_future()
+        entry = (size, waiter)
+        self._waiters.append(entry)
+        try:
+            await asyncio.wait_for(asyncio.shield(waiter), timeout)
+        except asyncio.TimeoutError:
+            pass
+        except BaseException:   # the connection went away while waiting
+            if waiter.done() and not waiter.cancelled():
+                self.release(size)
+            else:
+                self._withdraw(entry)
+            raise
+        if waiter.done() and not waiter.cancelled():
+            return True
+        self._withdraw(entry)
+        return False
+
+    def _withdraw(self, entry: tuple[int, asyncio.Future[None]]) -> None:
+        entry[1].cancel()
+        try:
+            self._waiters.remove(entry)
+        except ValueError:
+            pass
+        self._wake()
+
+    def release(self, size: int) -> None:
+        self.used -= size
+        self._wake()
+
+    def _wake(self) -> None:
+        while self._waiters and self.used + self._waiters[0][0] <= self.capacity:
+            size, waiter = self._waiters.popleft()
+            if not waiter.done():
+                self.used += size
+                waiter.set_result(None)
+
+
+class _RunSlot:
+    """One run's turn to have a body read, taken in arrival order."""
+
+    __slots__ = ("turn", "users")
+
+    def __init__(self) -> None:
+        self.turn = _ByteBudget(1)
+        self.users = 0
+
+
+def _descriptor_budget() -> int:
+    """Raise the soft descriptor limit to the hard one; return a connection cap well below it."""
+    try:
+        import resource
+    except ImportError:  # not on this platform
+        return 256
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (OSError, ValueError):
+            pass
+    if soft == resource.RLIM_INFINITY:
+        return MAX_CONNECTIONS
+    return max(16, min(MAX_CONNECTIONS, soft // 4))
 
 
 class CallbackReceiver:
     """Accepts signed events over HTTP and hands verified frames to ``on_frame``."""
 
     def __init__(self, gate: EventGate, on_frame: Callable[[dict[str, Any]], None], *, token: str,
-                 host: str = "127.0.0.1", port: int = 0, max_body: int = DEFAULT_MAX_BODY):
+                 host: str = "127.0.0.1", port: int = 0, max_body: int = DEFAULT_MAX_BODY,
+                 max_connections: Optional[int] = None, max_per_peer: Optional[int] = None):
         self.gate = gate
         self.on_frame = on_frame
         self.token = token
         self.host = host
         self.port = port
         self.max_body = max_body
-        self._server: Optional[asyncio.AbstractServer] = None
-        self._connections: set[asyncio.Task[Any]] = set()
+        self.max_connections = max_connections
+        self.max_per_peer = max_per_peer
+        self._sock: Optional[socket.socket] = None
+        self._acceptor: Optional[asyncio.Task[None]] = None
+        self._connections: set[_Connection] = set()
+        self._per_peer: dict[str, int] = {}
+        self._slots: dict[str, _RunSlot] = {}
+        self._budget = _ByteBudget(MAX_BUFFERED)
+        self._decoder: Optional[concurrent.futures.ThreadPoolExecutor] = None
+        self._last_accept_log = 0.0
         self.accepted = 0
+        self.evicted = 0
 
     @property
     def path(self) -> str:
         return PATH_PREFIX + self.token
 
     async def start(self) -> None:
+        if self.max_connections is None:
+            self.max_connections = _descriptor_budget()
+        if self.max_per_peer is None:
+            self.max_per_peer = max(8, self.max_connections // 2)
+        loop = asyncio.get_running_loop()
         try:
-            self._server = await asyncio.start_server(self._serve, self.host, self.port, limit=_MAX_HEADER,
-                                                      reuse_address=True)
+            infos = await loop.getaddrinfo(self.host or None, self.port, type=socket.SOCK_STREAM,
+                                           flags=socket.AI_PASSIVE)
+            family, kind, proto, _, address = infos[0]
+            sock = socket.socket(family, kind, proto)
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.bind(address)
+                sock.listen(256)
+                sock.setblocking(False)
+            except BaseException:
+                sock.close()
+                raise
         except OSError as exc:
             from ..errors import ExecutorStartError
             raise ExecutorStartError(
                 f"cannot start the callback receiver on {self.host}:{self.port}: {exc.strerror or exc}; "
                 "set executor_config.callback_port to a free port (0 picks one) or callback_host to a "
                 "local address") from exc
-        self.port = self._server.sockets[0].getsockname()[1]
+        self._sock = sock
+        self.port = sock.getsockname()[1]
+        self._acceptor = loop.create_task(self._accept_loop(sock))
 
     def url(self, advertise_host: Optional[str] = None) -> str:
         host = advertise_host or self.host
@@ -71,94 +253,213 @@ class CallbackReceiver:
         return f"http://{host}:{self.port}{self.path}"
 
     async def stop(self) -> None:
-        server, self._server = self._server, None
-        if server is not None:
-            server.close()
-        for task in list(self._connections):
+        acceptor, self._acceptor = self._acceptor, None
+        if acceptor is not None:
+            acceptor.cancel()
+            await asyncio.gather(acceptor, return_exceptions=True)
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            sock.close()
+        tasks = [conn.task for conn in self._connections if conn.task is not None]
+        for task in tasks:
             task.cancel()
-        if self._connections:
-            await asyncio.gather(*self._connections, return_exceptions=True)
-        if server is not None:
-            await server.wait_closed()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        for conn in list(self._connections):
+            conn.writer.close()
+        self._connections.clear()
+        decoder, self._decoder = self._decoder, None
+        if decoder is not None:
+            decoder.shutdown(wait=True)
 
-    # ------------------------------------------------------------------ HTTP
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        if len(self._connections) >= MAX_CONNECTIONS:   # never let idle clients exhaust descriptors
-            writer.close()
-            return
-        self._connections.add(task)
+    # ------------------------------------------------------------------ connections
+    async def _accept_loop(self, sock: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                conn_sock, address = await loop.sock_accept(sock)
+            except (asyncio.CancelledError, GeneratorExit):
+                raise
+            except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    self._log_accept_error(exc)
+                    self._evict_oldest_idle(None)   # frees a descriptor if an idle client holds one
+                    await asyncio.sleep(0.05)
+                continue   # ECONNABORTED and the like: the client went away
+            peer = str(address[0]) if isinstance(address, tuple) and address else "local"
+            if not self._make_room(peer):
+                conn_sock.close()
+                continue
+            try:
+                conn_sock.setblocking(False)
+                reader = asyncio.StreamReader(limit=MAX_HEAD_BYTES)
+                proto = asyncio.StreamReaderProtocol(reader)
+                transport, _ = await loop.connect_accepted_socket(lambda proto=proto: proto, sock=conn_sock)
+            except OSError:
+                conn_sock.close()
+                continue
+            writer = asyncio.StreamWriter(transport, proto, reader, loop)
+            conn = _Connection(peer, writer, idle_since=time.monotonic())
+            self._connections.add(conn)
+            self._per_peer[peer] = self._per_peer.get(peer, 0) + 1
+            conn.task = loop.create_task(self._serve(conn, reader))
+
+    def _make_room(self, peer: str) -> bool:
+        """At a cap, drop the oldest idle connection (of this peer at its cap); False if none is idle."""
+        assert self.max_connections is not None and self.max_per_peer is not None
+        if self._per_peer.get(peer, 0) >= self.max_per_peer:
+            return self._evict_oldest_idle(peer)
+        if len(self._connections) >= self.max_connections:
+            return self._evict_oldest_idle(None)
+        return True
+
+    def _evict_oldest_idle(self, peer: Optional[str]) -> bool:
+        idle = [c for c in self._connections if c.idle_since is not None and (peer is None or c.peer == peer)]
+        if not idle:
+            return False
+        oldest = min(idle, key=lambda c: c.idle_since or 0.0)
+        self._drop(oldest)
+        self.evicted += 1
+        if oldest.task is not None:
+            oldest.task.cancel()
+        return True
+
+    def _drop(self, conn: _Connection) -> None:
+        if conn in self._connections:
+            self._connections.discard(conn)
+            left = self._per_peer.get(conn.peer, 1) - 1
+            if left > 0:
+                self._per_peer[conn.peer] = left
+            else:
+                self._per_peer.pop(conn.peer, None)
+        conn.writer.close()
+
+    def _log_accept_error(self, exc: OSError) -> None:
+        now = time.monotonic()
+        if now - self._last_accept_log >= 1.0:
+            self._last_accept_log = now
+            log.warning("wove: callback receiver cannot accept connections: %s (%d open); logged at most "
+                        "once a second", exc.strerror or exc, len(self._connections))
+
+    async def _serve(self, conn: _Connection, reader: asyncio.StreamReader) -> None:
         try:
-            while await self._one_request(reader, writer):
+            while await self._one_request(conn, reader):
                 pass
-        except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError, asyncio.TimeoutError):
+        except (asyncio.IncompleteReadError, ConnectionError, asyncio.TimeoutError, asyncio.LimitOverrunError):
             pass
         except asyncio.CancelledError:
             pass
         finally:
-            self._connections.discard(task)
-            writer.close()
+            self._drop(conn)
 
-    async def _one_request(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+    # ------------------------------------------------------------------ HTTP
+    async def _one_request(self, conn: _Connection, reader: asyncio.StreamReader) -> bool:
+        conn.idle_since = time.monotonic()
+        writer = conn.writer
         try:
-            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), IDLE_SECONDS)
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), HEAD_SECONDS)
         except asyncio.IncompleteReadError:
             return False
         except asyncio.LimitOverrunError:
-            await self._respond(writer, 431, "request header too large", close=True)
+            await self._respond(writer, 431, f"request head larger than {MAX_HEAD_BYTES} bytes", close=True)
             return False
-        lines = head.decode("latin-1").split("\r\n")
+        conn.idle_since = None
         try:
-            method, target, version = lines[0].split(" ", 2)
-        except ValueError:
-            await self._respond(writer, BAD_REQUEST, "malformed request line", close=True)
+            request = parse_head(head)
+        except BadRequest as bad:
+            self.gate.count_rejection(bad.status)
+            await self._respond(writer, bad.status, str(bad), close=True)
             return False
-        headers: dict[str, str] = {}
-        for line in lines[1:]:
-            if ":" in line:
-                name, _, value = line.partition(":")
-                headers[name.strip().lower()] = value.strip()
-        keep_alive = headers.get("connection", "").lower() != "close" and version == "HTTP/1.1"
-        try:
-            length = int(headers.get("content-length", "0"))
-        except ValueError:
-            await self._respond(writer, BAD_REQUEST, "bad content-length", close=True)
-            return False
-        if method != "POST" or not target.startswith(PATH_PREFIX) or not hmac.compare_digest(
-                target[len(PATH_PREFIX):].encode(), self.token.encode()):
+        if request.method != "POST" or not request.target.startswith(PATH_PREFIX) or not hmac.compare_digest(
+                request.target[len(PATH_PREFIX):].encode("latin-1"), self.token.encode()):
             self.gate.count_rejection(NOT_FOUND)
-            return await self._discard_and_respond(reader, writer, length, NOT_FOUND, "not found", keep_alive)
-        if length > self.max_body or length < 0:
+            await self._respond(writer, NOT_FOUND, "not found", close=True)   # body never read
+            return False
+        length = request.length
+        if length > self.max_body:
             self.gate.count_rejection(TOO_LARGE)
             await self._respond(writer, TOO_LARGE, f"body of {length} bytes exceeds the limit of "
                                 f"{self.max_body}", close=True)
             return False
+        headers = request.headers
         envelope = (headers.get(protocol.H_RUN), headers.get(protocol.H_EVENT), headers.get(protocol.H_INCARNATION),
                     headers.get(protocol.H_SEQ), headers.get(protocol.H_SIGNATURE))
         status = self.gate.precheck(*envelope)
-        if status != OK:   # decided from the headers: the body is never read
+        if status != OK:   # decided from the head: the body is never read
             await self._respond(writer, status, _REASONS.get(status, "rejected"), close=True)
             return False
-        body = await asyncio.wait_for(reader.readexactly(length), IDLE_SECONDS + length / BODY_BYTES_PER_SECOND)
-        status, frame = self.gate.accept(*envelope, body)
-        if frame is not None:
-            self.accepted += 1
+        run_id = envelope[0]
+        assert run_id is not None
+        # One body per run in memory at a time, and all bodies within a budget. Waiters queue in arrival
+        # order, so junk from someone who knows a run id delays its genuine events but cannot starve them.
+        slot = self._slots.get(run_id)
+        if slot is None:
+            slot = self._slots[run_id] = _RunSlot()
+        slot.users += 1
+        try:
+            if not await slot.turn.acquire(1, SLOT_WAIT_SECONDS):
+                self.gate.count_rejection(UNAVAILABLE)
+                await self._respond(writer, UNAVAILABLE, "busy; retry", close=True)
+                return False
             try:
-                self.on_frame(frame)
-            except Exception:  # a consumer bug must not kill the server
-                log.exception("wove: error while handling event %s for run %s", envelope[1], envelope[0])
-        await self._respond(writer, status, _REASONS.get(status, "rejected"), close=not keep_alive)
-        return keep_alive
+                if not await self._budget.acquire(length, SLOT_WAIT_SECONDS):
+                    self.gate.count_rejection(UNAVAILABLE)
+                    await self._respond(writer, UNAVAILABLE, "busy; retry", close=True)
+                    return False
+                try:
+                    body, digest = await asyncio.wait_for(_read_body(reader, length),
+                                                          BODY_SECONDS + length / BODY_BYTES_PER_SECOND)
+                    status = await self._accept(envelope, body, digest)
+                    del body
+                finally:
+                    self._budget.release(length)
+            finally:
+                slot.turn.release(1)
+        finally:
+            slot.users -= 1
+            if not slot.users:
+                self._slots.pop(run_id, None)
+        await self._respond(writer, status, _REASONS.get(status, "rejected"), close=not request.keep_alive)
+        return request.keep_alive
 
-    async def _discard_and_respond(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                                   length: int, status: int, message: str, keep_alive: bool) -> bool:
-        if 0 < length <= 1024 * 1024 and keep_alive:
-            await reader.readexactly(length)
-        else:
-            keep_alive = keep_alive and length == 0
-        await self._respond(writer, status, message, close=not keep_alive)
-        return keep_alive
+    async def _accept(self, envelope: tuple[Optional[str], ...], body: bytearray, digest: str) -> int:
+        """Verify, parse and decode one event (large ones off the loop); hand the frame on. Returns a status."""
+        gate = self.gate
+        status = gate.authenticate(*envelope, body_digest=digest)
+        if status != OK:
+            return status
+        run_id, event, incarnation, seq, _ = envelope
+        assert run_id is not None and event is not None and incarnation is not None and seq is not None
+        inc_n, seq_n = int(incarnation), int(seq)
+        status, frame = gate.parse(run_id, event, inc_n, seq_n, body)
+        if frame is None or status != OK or frame.get("late"):
+            if frame is not None:
+                self._hand_on(frame, envelope)
+            return status
+        try:
+            if len(body) > OFFLOAD_BYTES or "result_ref" in frame:
+                if self._decoder is None:
+                    self._decoder = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="wove-decode")
+                frame = await asyncio.get_running_loop().run_in_executor(self._decoder, gate.unpack, frame)
+            else:
+                frame = gate.unpack(frame)
+        except OSError:
+            gate.count_rejection(UNAVAILABLE)
+            return UNAVAILABLE
+        except (ValueError, TypeError):
+            gate.count_rejection(BAD_REQUEST)
+            gate.commit(run_id, inc_n, seq_n)
+            return BAD_REQUEST
+        gate.commit(run_id, inc_n, seq_n)
+        self._hand_on(frame, envelope)
+        return OK
+
+    def _hand_on(self, frame: dict[str, Any], envelope: tuple[Optional[str], ...]) -> None:
+        self.accepted += 1
+        try:
+            self.on_frame(frame)
+        except Exception:  # a consumer bug must not kill the server
+            log.exception("wove: error while handling event %s for run %s", envelope[1], envelope[0])
 
     @staticmethod
     async def _respond(writer: asyncio.StreamWriter, status: int, message: str, *, close: bool) -> None:
@@ -168,3 +469,21 @@ class CallbackReceiver:
             f"Content-Length: {len(body)}\r\nConnection: {'close' if close else 'keep-alive'}\r\n\r\n"
             .encode("latin-1") + body)
         await writer.drain()
+
+
+async def _read_body(reader: asyncio.StreamReader, length: int) -> tuple[bytearray, str]:
+    """Read exactly ``length`` bytes into one buffer, hashing as they arrive (no second pass, no copies)."""
+    body = bytearray(length)
+    hasher = hashlib.sha256()
+    view = memoryview(body)
+    filled = 0
+    while filled < length:
+        chunk = await reader.read(min(length - filled, 256 * 1024))
+        if not chunk:
+            raise asyncio.IncompleteReadError(bytes(view[:filled]), length)
+        size = len(chunk)
+        view[filled:filled + size] = chunk
+        hasher.update(chunk)
+        filled += size
+    view.release()
+    return body, hasher.hexdigest()

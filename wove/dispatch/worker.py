@@ -53,7 +53,7 @@ class _Connection:
     def __init__(self, url: str):
         scheme, _, rest = url.partition("://")
         if scheme not in ("http", "https") or not rest:
-            raise ValueError(f"callback_url must start with http:// or https://, got {url!r}")
+            raise ValueError(f"callback_url must start with http:// or https://, got {protocol.redact(url)!r}")
         hostport, slash, path = rest.partition("/")
         self.path = slash + path
         self.tls = scheme == "https"
@@ -185,7 +185,10 @@ class EventSender:
             body = compactjson.dumps(frame).encode()
             if (event == "task_result" and self.channel == "http" and self.max_body
                     and len(body) > self.max_body):
-                body = self._spool_result(frame)
+                spooled = self._spool_result(frame)
+                if spooled is None:
+                    return False
+                body = spooled
             if self.channel == "filesystem":
                 return self._write_event_file(event, body)
             return self._post(event, body, frame)
@@ -206,7 +209,10 @@ class EventSender:
             if status in (200, 409):        # 409: an earlier attempt of this very event already arrived
                 return True
             if status == 413 and "result_pickle" in frame:
-                body = self._spool_result(frame)
+                spooled = self._spool_result(frame)
+                if spooled is None:
+                    return False
+                body = spooled
                 self.seq += 1
                 continue
             if status == 413 and frame.get("type") != "task_result" and not frame.get("truncated"):
@@ -220,8 +226,10 @@ class EventSender:
             if status:
                 last_error = f"HTTP {status}"
             if time.monotonic() + delay > deadline:
-                self.undelivered = (f"could not deliver {event} to {self.payload.get('callback_url')} within "
-                                    f"{self.post_seconds:.0f}s: {last_error}")
+                # The token in the URL is a secret: job logs and error messages show /wove/events/…
+                url = protocol.redact(str(self.payload.get("callback_url")))
+                self.undelivered = protocol.redact(f"could not deliver {event} to {url} within "
+                                                   f"{self.post_seconds:.0f}s: {last_error}")
                 return False
             time.sleep(delay)
             delay = min(delay * 2, 5.0)
@@ -230,12 +238,18 @@ class EventSender:
         """Shorten the delivery window (after SIGTERM, Slurm's SIGKILL follows within KillWait)."""
         self.post_seconds = min(self.post_seconds, seconds)
 
-    def _spool_result(self, frame: dict[str, Any]) -> bytes:
+    def _spool_result(self, frame: dict[str, Any]) -> Optional[bytes]:
+        """Move the result pickle into a spool file; ``None`` (and ``undelivered`` set) if that is refused."""
         spool_dir = self.payload.get("spool_dir")
         data = protocol.b64decode(frame.pop("result_pickle"))
         if not spool_dir:
             raise RuntimeError("the result is larger than the callback body limit and no spool_dir is set")
-        path = spool.write_atomic(spool.result_path(spool_dir, self.run_id, self.incarnation), data)
+        try:
+            # Into the run's own directory only, checked to be this user's alone (never through a symlink).
+            path = spool.write_private(spool_dir, spool.result_name(self.run_id, self.incarnation), data)
+        except spool.UnsafeSpoolError as exc:
+            self.undelivered = f"could not spool the result of {self.run_id}: {exc}"
+            return None
         frame["result_ref"] = {"path": path, "sha256": protocol.sha256(data).hexdigest(), "size": len(data)}
         return compactjson.dumps(frame).encode()
 
@@ -245,7 +259,8 @@ class EventSender:
                     "signature": protocol.sign(self.key, self.run_id, event, self.incarnation, self.seq, body)}
         name = f"{self.run_id}.{self.incarnation}.{self.seq:06d}.{event}.event"
         try:
-            spool.write_atomic(os.path.join(events_dir, name), compactjson.dumps(envelope).encode() + b"\n" + body)
+            spool.write_private(events_dir, name, compactjson.dumps(envelope).encode() + b"\n" + body,
+                                "events directory")
         except OSError as exc:
             self.undelivered = f"could not write event file in {events_dir}: {exc}"
             return False
@@ -518,5 +533,5 @@ def main(argv: list[str]) -> int:
     if code == EXIT_UNDELIVERED and reference and reference.startswith(protocol.SPOOL_PREFIX) \
             and reference.endswith(".payload"):
         # The weave that would have deleted this run's payload is gone: do not leave it behind.
-        spool.remove(reference[len(protocol.SPOOL_PREFIX):])
+        spool.remove_private(reference[len(protocol.SPOOL_PREFIX):])
     return code

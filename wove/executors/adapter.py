@@ -13,14 +13,13 @@ import importlib.util
 import inspect
 import logging
 import os
-import shutil
 import uuid
 from collections.abc import Mapping
 from typing import Any, Optional
 
 from ..dispatch import protocol, spool
 from ..dispatch.events import UNAVAILABLE, EventGate
-from ..errors import ExecutorStartError, MissingDispatchFeatureError
+from ..errors import ExecutorStartError, InvalidValueError, MissingDispatchFeatureError
 from .base import EnvironmentExecutor
 
 log = logging.getLogger("wove.dispatch")
@@ -29,7 +28,7 @@ DEFAULT_SPOOL_THRESHOLD = 64 * 1024
 #: ``executor_config`` keys every adapter environment understands.
 DISPATCH_KEYS = frozenset({
     "callback_host", "callback_port", "callback_token", "callback_url", "callback_max_body",
-    "spool_dir", "spool_threshold", "result_channel", "post_timeout",
+    "spool_dir", "spool_threshold", "result_channel", "post_timeout", "unpickle_allow",
 })
 RESULT_CHANNELS = ("http", "filesystem")
 
@@ -90,6 +89,20 @@ class BackendAdapter:
         assert self._executor is not None, "adapter is not attached to an executor"
         return self._executor.spool_dir
 
+    @property
+    def run_dir(self) -> spool.RunDir:
+        """This environment run's private spool directory; write files with ``run_dir.write_atomic(name, data)``."""
+        assert self._executor is not None and self._executor.run_dir is not None, \
+            "adapter is not attached to a started executor"
+        return self._executor.run_dir
+
+    @property
+    def spool_root(self) -> spool.RunDir:
+        """The spool root (``spool_dir``) the run directory was made in, checked at start."""
+        assert self._executor is not None and self._executor.spool_root is not None, \
+            "adapter is not attached to a started executor"
+        return self._executor.spool_root
+
     def encode_payload(self, payload: dict[str, Any]) -> str:
         """The worker's argument for ``payload``: inline, or ``spool:<path>`` above the spool threshold."""
         assert self._executor is not None, "adapter is not attached to an executor"
@@ -120,6 +133,9 @@ class BackendAdapterEnvironmentExecutor(EnvironmentExecutor):
         self.adapter_options = dict(adapter_options or {})
         self.adapter: Optional[BackendAdapter] = None
         self.spool_dir = ""
+        self.spool_root: Optional[spool.RunDir] = None
+        self.run_dir: Optional[spool.RunDir] = None
+        self.events_run_dir: Optional[spool.RunDir] = None
         self.callback_url = ""
         self._queue: Optional[asyncio.Queue[dict[str, Any]]] = None
         self._gate: Optional[EventGate] = None
@@ -157,13 +173,13 @@ class BackendAdapterEnvironmentExecutor(EnvironmentExecutor):
         config = dict(environment_config.get("executor_config") or {})
         self._config = config
         self._queue = asyncio.Queue()
-        root = config.get("spool_dir") or default_spool_root()
-        os.makedirs(root, exist_ok=True)   # the user's directory keeps its mode; ours below is private
-        self.spool_dir = spool.ensure_dir(os.path.join(root, f"{environment_name}-{uuid.uuid4().hex[:12]}"))
-        self._gate = EventGate(self.spool_dir)
         try:
+            self._make_run_dir(environment_name, config.get("spool_dir") or default_spool_root())
+            allow = config.get("unpickle_allow")
+            self._gate = EventGate(self.spool_dir, allowed_modules=tuple(allow) if allow is not None else None)
             if config.get("result_channel", "http") == "filesystem":
-                self.events_dir = spool.ensure_dir(os.path.join(self.spool_dir, "events"))
+                self.events_run_dir = self.run_dir.make_private("events")
+                self.events_dir = self.events_run_dir.path
                 self.callback_url = ""
                 self._poller = asyncio.get_running_loop().create_task(self._poll_event_files())
             else:
@@ -176,6 +192,19 @@ class BackendAdapterEnvironmentExecutor(EnvironmentExecutor):
         except BaseException:
             await self.stop()
             raise
+
+    def _make_run_dir(self, environment_name: str, root: str) -> None:
+        """Check the spool root, then make this run's directory in it: fresh, 0700, used by descriptor only."""
+        try:
+            self.spool_root = spool.RunDir.open_root(root, "spool directory")
+        except spool.UnsafeSpoolError as exc:
+            raise ExecutorStartError(f"environment {environment_name!r}: {exc}") from None
+        except OSError as exc:
+            raise ExecutorStartError(f"environment {environment_name!r}: cannot use spool directory {root}: "
+                                     f"{exc.strerror or exc}") from None
+        name = f"{environment_name}-{uuid.uuid4().hex[:12]}"
+        self.run_dir = self.spool_root.make_private(_safe_name(name), register=True)
+        self.spool_dir = self.run_dir.path
 
     async def _start_receiver(self, environment_name: str, config: Mapping[str, Any]) -> None:
         from ..dispatch.receiver import DEFAULT_MAX_BODY, CallbackReceiver
@@ -218,13 +247,25 @@ class BackendAdapterEnvironmentExecutor(EnvironmentExecutor):
             if self._receiver is not None:
                 await self._receiver.stop()
                 self._receiver = None
-            if self.spool_dir:
-                if self._detached:  # detached runs may still start: keep what they read
-                    log.info("wove: keeping %s for %d detached run(s)", self.spool_dir, len(self._detached))
-                else:
-                    shutil.rmtree(self.spool_dir, ignore_errors=True)
+            self._close_run_dir()
             self._runs.clear()
             self._active = False
+
+    def _close_run_dir(self) -> None:
+        """Delete this run's spool directory (by descriptor, never through a symlink) and close it."""
+        if self.events_run_dir is not None:
+            self.events_run_dir.close()
+            self.events_run_dir = None
+        if self.run_dir is not None:
+            if self._detached:  # detached runs may still start: keep what they read
+                log.info("wove: keeping %s for %d detached run(s)", self.spool_dir, len(self._detached))
+                self.run_dir.close()
+            else:
+                self.run_dir.close_and_remove()
+            self.run_dir = None
+        if self.spool_root is not None:
+            self.spool_root.close()
+            self.spool_root = None
 
     # ---------------------------------------------------------------- frames
     async def send(self, frame: dict[str, Any]) -> None:
@@ -300,8 +341,8 @@ class BackendAdapterEnvironmentExecutor(EnvironmentExecutor):
                 self._gate.finish(run_id)
             else:
                 self._gate.forget(run_id)
-        if self.spool_dir:
-            spool.remove(spool.payload_path(self.spool_dir, run_id))
+        if self.run_dir is not None:
+            self.run_dir.remove(spool.payload_name(run_id))
 
     # ---------------------------------------------------------------- payloads
     def build_payload(self, frame: dict[str, Any]) -> dict[str, Any]:
@@ -348,29 +389,31 @@ class BackendAdapterEnvironmentExecutor(EnvironmentExecutor):
 
     def encode_payload(self, payload: dict[str, Any]) -> str:
         threshold = int(self._config.get("spool_threshold") or DEFAULT_SPOOL_THRESHOLD)
-        return encode_payload(payload, self.spool_dir, threshold)
+        assert self.run_dir is not None, "executor used before start()"
+        return encode_payload(payload, self.run_dir, threshold)
 
     # ---------------------------------------------------------------- filesystem result channel
     async def _poll_event_files(self, interval: float = 0.1) -> None:
+        events = self.events_run_dir
+        assert events is not None
         while True:
             try:
-                names = sorted(os.listdir(self.events_dir))
-            except FileNotFoundError:
+                names = sorted(events.listdir())
+            except OSError:
                 names = []
             for name in names:
                 if name.endswith(".event") and not name.startswith("."):
                     try:
-                        self._read_event_file(os.path.join(self.events_dir, name))
+                        self._read_event_file(events, name)
                     except Exception:  # one bad file must not stop the channel
                         log.exception("wove: could not process event file %s", name)
             await asyncio.sleep(interval)
 
-    def _read_event_file(self, path: str) -> None:
+    def _read_event_file(self, events: spool.RunDir, name: str) -> None:
         """Same rules as the HTTP receiver; a file whose content is not readable yet stays for the next round."""
         assert self._gate is not None
         try:
-            with open(path, "rb") as handle:
-                head, _, body = handle.read().partition(b"\n")
+            head, _, body = events.read(name).partition(b"\n")
         except OSError:
             return
         try:
@@ -378,12 +421,12 @@ class BackendAdapterEnvironmentExecutor(EnvironmentExecutor):
             fields = (str(envelope["run"]), str(envelope["event"]), str(envelope["incarnation"]),
                       str(envelope["seq"]), str(envelope["signature"]))
         except (ValueError, KeyError, TypeError):
-            spool.remove(path)
+            events.remove(name)
             return
         status, frame = self._gate.accept(*fields, body)
         if status == UNAVAILABLE:
             return
-        spool.remove(path)
+        events.remove(name)
         if frame is not None:
             self._on_verified(frame)
 
@@ -404,16 +447,34 @@ def protocol_json_loads(data: bytes) -> Any:
     return value
 
 
-def encode_payload(payload: dict[str, Any], spool_dir: str, threshold: int = DEFAULT_SPOOL_THRESHOLD) -> str:
-    """Inline base64 JSON when small; otherwise a private spool file and its ``spool:`` reference."""
+def encode_payload(payload: dict[str, Any], spool_dir: str | spool.RunDir,
+                   threshold: int = DEFAULT_SPOOL_THRESHOLD) -> str:
+    """Inline base64 JSON when small; otherwise a private spool file and its ``spool:`` reference.
+
+    ``spool_dir`` is the run's ``RunDir`` or its path: the open directory of the live environment at that
+    path, else a directory that must be this user's alone. The file is written relative to the directory's
+    descriptor, never through a symlink.
+    """
     inline = protocol.encode_inline(payload)
     if len(inline) <= threshold:
         return inline
     import json
 
-    path = spool.payload_path(spool_dir, payload["run_id"])
-    spool.write_atomic(path, json.dumps(payload, separators=(",", ":")).encode())
-    return protocol.SPOOL_PREFIX + path
+    data = json.dumps(payload, separators=(",", ":")).encode()
+    name = spool.payload_name(payload["run_id"])
+    if isinstance(spool_dir, spool.RunDir):
+        return protocol.SPOOL_PREFIX + spool_dir.write_atomic(name, data)
+    run_dir = spool.RunDir.find(os.path.abspath(spool_dir))
+    if run_dir is not None:
+        return protocol.SPOOL_PREFIX + run_dir.write_atomic(name, data)
+    with spool.RunDir.open_private(spool_dir) as checked:
+        return protocol.SPOOL_PREFIX + checked.write_atomic(name, data)
+
+
+def _safe_name(name: str) -> str:
+    """A directory name made of ``name``: no separators, nothing hidden."""
+    cleaned = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+    return cleaned.lstrip(".") or "env"
 
 
 def _token_from_url(url: Optional[str]) -> Optional[str]:
@@ -437,36 +498,43 @@ def validate_dispatch_config(config: dict[str, Any], *, environment: str,
         valid = DISPATCH_KEYS | adapter_keys | extra_keys
         for key in config:
             if key not in valid:
-                raise ValueError(unknown_key_message(
+                raise InvalidValueError(unknown_key_message(
                     f"executor_config key for environment {environment!r} ({label}):", key, valid))
     where = f"environment {environment!r}: executor_config"
     channel = config.get("result_channel", "http")
     if channel not in RESULT_CHANNELS:
-        raise ValueError(f"{where}.result_channel must be one of {', '.join(map(repr, RESULT_CHANNELS))}; "
+        raise InvalidValueError(f"{where}.result_channel must be one of {', '.join(map(repr, RESULT_CHANNELS))}; "
                          f"got {channel!r}")
     port = config.get("callback_port")
     if port is not None and (isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535):
-        raise ValueError(f"{where}.callback_port must be an integer port 0-65535 (0 = any free port); "
+        raise InvalidValueError(f"{where}.callback_port must be an integer port 0-65535 (0 = any free port); "
                          f"got {port!r}")
+    allow = config.get("unpickle_allow")
+    if allow is not None and (isinstance(allow, str) or not all(
+            isinstance(m, str) and m and all(part.isidentifier() for part in m.split(".")) for m in allow)):
+        raise InvalidValueError(
+            f"{where}.unpickle_allow must be a list of module names whose classes results may contain "
+            f"(e.g. ['numpy', 'pandas', 'mypackage']); got {allow!r}")
     for key in ("callback_host", "callback_token", "callback_url", "spool_dir"):
         value = config.get(key)
         if value is not None and (not isinstance(value, str) or not value):
-            raise ValueError(f"{where}.{key} must be a non-empty string, got {value!r}")
+            raise InvalidValueError(f"{where}.{key} must be a non-empty string, got {value!r}")
     url = config.get("callback_url")
     if url is not None:
         if not url.startswith(("http://", "https://")):
-            raise ValueError(f"{where}.callback_url must start with http:// or https://, got {url!r}")
+            raise InvalidValueError(f"{where}.callback_url must start with http:// or https://, "
+                             f"got {protocol.redact(url)!r}")
         token = config.get("callback_token")
         url_token = _token_from_url(url)
         if url_token is None:
-            raise ValueError(f"{where}.callback_url must end with /wove/events/<token> (the path workers "
+            raise InvalidValueError(f"{where}.callback_url must end with /wove/events/<token> (the path workers "
                              f"post to), got {url!r}")
-        if token is not None and token != url_token:
-            raise ValueError(f"{where}: callback_token {token!r} does not match the token in callback_url "
-                             f"({url_token!r}); they must be the same")
+        if token is not None and token != url_token:   # neither token is shown: they are secrets
+            raise InvalidValueError(f"{where}: callback_token does not match the token in callback_url "
+                             f"({protocol.redact(url)!r}); they must be the same")
     for key, minimum in (("callback_max_body", 1024), ("spool_threshold", 1), ("post_timeout", 1)):
         value = config.get(key)
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
                                   or value < minimum):
-            raise ValueError(f"{where}.{key} must be a number >= {minimum}, got {value!r}")
+            raise InvalidValueError(f"{where}.{key} must be a number >= {minimum}, got {value!r}")
     return config

@@ -52,7 +52,13 @@ def time_limit_near() -> bool:
 
 
 def job_environment(payload: dict[str, Any]) -> dict[str, str]:
-    """``{"WOVE_BACKEND_PAYLOAD": ...}`` for a payload: inline when small, a spool reference when large."""
+    """``{"WOVE_BACKEND_PAYLOAD": ...}`` for a payload: inline when small, a spool reference when large.
+
+    A large payload is written like the default path writes it: into the run's private spool directory,
+    through the descriptor the live environment holds (never through a path someone could have swapped),
+    or, outside a live environment, into ``payload["spool_dir"]`` only if it is yours and nobody else can
+    write it.
+    """
     from ..dispatch.protocol import PAYLOAD_ENV
     from ..executors.adapter import DEFAULT_SPOOL_THRESHOLD, encode_payload
 

@@ -14,15 +14,14 @@ import inspect
 import logging
 import os
 import re
-import shutil
 import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 from ..dispatch import protocol, spool
-from ..errors import SlurmCommandError, SlurmOutOfMemoryError, SlurmSubmitLimitError
-from ..executors.adapter import BackendAdapter, default_spool_root
+from ..errors import ExecutorStartError, SlurmCommandError, SlurmOutOfMemoryError, SlurmSubmitLimitError
+from ..executors.adapter import BackendAdapter
 from . import commands, limits, resources
 from .monitor import JobMonitor
 
@@ -75,9 +74,8 @@ class SlurmAdapter(BackendAdapter):
         self.oom_factor = config.get("oom_retry_factor")
         self.oom_max = config.get("oom_max_mem")
         self.keep_logs = config.get("keep_logs", "on_failure")
-        self.log_dir = config.get("log_dir") or os.path.join(
-            config.get("spool_dir") or default_spool_root(), "logs", os.path.basename(self.spool_dir))
-        os.makedirs(self.log_dir, exist_ok=True)
+        self._log_run_dir: Optional[spool.RunDir] = None
+        self.log_dir = self._open_log_dir(config.get("log_dir"))
         #: Every sbatch invocation: argv (without the payload, which is never on it), items, job id.
         self.submissions: list[dict[str, Any]] = []
         self.failed_jobs = 0
@@ -99,6 +97,31 @@ class SlurmAdapter(BackendAdapter):
         self.monitor.on_release = self._job_released
         self.submit_patience = float(config.get("submit_retry_seconds") or 120.0)
         self._rooms: dict[tuple[str, str], limits.SubmitRoom] = {}
+
+    def _open_log_dir(self, configured: Optional[str]) -> str:
+        """The job log directory: private like the spool (0700), never one another user could write.
+
+        The default ``<spool_dir>/logs/<run>`` is made fresh per run; a ``log_dir`` of the user's that does
+        not exist is created 0700; one that exists must pass the spool directory's checks.
+        """
+        try:
+            if configured is None:
+                logs = self.spool_root.subdir("logs", "log directory")
+                try:
+                    self._log_run_dir = logs.make_private(os.path.basename(self.spool_dir))
+                except BaseException:
+                    logs.close()
+                    raise
+                return self._log_run_dir.path
+            path = os.path.abspath(os.path.expanduser(configured))
+            with spool.RunDir.open_root(path, "log directory") as checked:
+                mode = os.fstat(checked.fd).st_mode
+            if mode & 0o055:
+                log.warning("wove: log directory %s has mode %04o: other users can read the output of jobs "
+                            "there (chmod go-rwx %s to prevent that)", path, mode & 0o7777, path)
+            return path
+        except spool.UnsafeSpoolError as exc:
+            raise ExecutorStartError(f"environment {self.name!r}: {exc}") from None
 
     # ------------------------------------------------------------------ submit
     async def submit(self, payload: dict[str, Any], frame: dict[str, Any]) -> str:
@@ -316,9 +339,10 @@ class SlurmAdapter(BackendAdapter):
         """Submit one array; the caller reserved one job per element in ``room``. Returns the element keys."""
         per_job = max(1, self.items_per_job)
         elements = self._elements(len(items))
-        path = os.path.join(self.spool_dir, f"array-{uuid.uuid4().hex}.payloads")
+        name = f"array-{uuid.uuid4().hex}.payloads"
         try:
-            spool.write_array(path, [_spool_text(item.payload) for item in items], per_job)
+            data = spool.array_data([_spool_text(item.payload) for item in items], per_job)
+            path = self.run_dir.write_atomic(name, data)
         except BaseException:
             room.release(elements)
             raise
@@ -330,7 +354,7 @@ class SlurmAdapter(BackendAdapter):
             job_id = await self._sbatch(argv, protocol.SPOOL_PREFIX + path, stdin, items=len(items), room=room,
                                         elements=elements, abandoned=lambda: all(item.cancelled for item in items))
         except BaseException:
-            spool.remove(path)
+            self._remove_spool(name)
             raise
         keys = [f"{job_id}_{index}" for index in range(elements)]
         self._live[job_id] = set(keys)
@@ -479,9 +503,14 @@ class SlurmAdapter(BackendAdapter):
             if run_id in runs:
                 runs.discard(run_id)
                 if not runs:
-                    spool.remove(path)
+                    self._remove_spool(os.path.basename(path))
                     del self._array_files[job_id]
                 return
+
+    def _remove_spool(self, name: str) -> None:
+        executor = self._executor
+        if executor is not None and executor.run_dir is not None:
+            executor.run_dir.remove(name)
 
     # ------------------------------------------------------------------ cancel
     async def cancel(self, run_id: str, submission: Any, frame: dict[str, Any]) -> None:
@@ -613,10 +642,16 @@ class SlurmAdapter(BackendAdapter):
             await self._scancel(self._compact(leftover))
         await self._drain(drain_timeout)
         keep = self.keep_logs is True or (self.keep_logs == "on_failure" and self.failed_jobs)
+        run_logs, self._log_run_dir = self._log_run_dir, None
         if keep:
             log.info("wove: Slurm job logs kept in %s", self.log_dir)
-        elif not self.config.get("log_dir"):
-            shutil.rmtree(self.log_dir, ignore_errors=True)
+        if run_logs is not None:   # the default, per-run log directory: removed by descriptor
+            if keep:
+                run_logs.close()
+            else:
+                run_logs.close_and_remove()
+            if run_logs.parent is not None:
+                run_logs.parent.close()   # <spool_dir>/logs
 
 
 class _Oversized(Exception):

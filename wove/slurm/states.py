@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from .. import errors
+from ..dispatch.protocol import redact
 
 
 class JobState(str, enum.Enum):
@@ -136,7 +137,12 @@ _OOM_MARKERS = ("oom-kill", "out-of-memory", "oom_kill", "exceeded job memory li
 def job_error(info: JobInfo, stderr_tail: str = "", *, task: str = "", log_path: str = "",
               memory_history: Optional[list[str]] = None, cancelled_signal: str = "",
               callback_url: str = "") -> errors.SlurmJobError:
-    """The ``SlurmJobError`` subclass and message for a job that ended without reporting."""
+    """The ``SlurmJobError`` subclass and message for a job that ended without reporting.
+
+    Callback tokens (``/wove/events/<token>``, in the URL or in the job's stderr) are shown as ``…``.
+    """
+    stderr_tail = redact(stderr_tail)
+    callback_url = redact(callback_url)
     where = f"Slurm job {info.key}" + (f" (task {task!r})" if task else "")
     node = f" on {info.node}" if info.node else ""
     elapsed = f" after {_fmt_seconds(info.elapsed)}" if info.elapsed is not None else ""
@@ -192,7 +198,7 @@ def job_error(info: JobInfo, stderr_tail: str = "", *, task: str = "", log_path:
     if stderr_tail.strip():
         message += "\n--- last lines of the job's stderr" + (f" ({log_path})" if log_path else "") + " ---\n"
         message += stderr_tail.rstrip()
-    return cls(message, job_id=info.job_id, array_index=info.array_index, state=state.value,
+    return cls(redact(message), job_id=info.job_id, array_index=info.array_index, state=state.value,
                exit_code=info.exit_code, signal=info.signal, reason=info.reason, node=info.node,
                elapsed=info.elapsed, requested_memory=info.requested_memory,
                requested_time=info.requested_time, stderr_tail=stderr_tail, log_path=log_path,
@@ -211,6 +217,9 @@ def _exit_hint(code: Optional[int], signal: Optional[int], tail: str, callback_u
         return (f"the worker ran but could not deliver its outcome to {callback_url or 'the callback URL'}: "
                 "make sure compute nodes can reach it (callback_host / callback_url), or use "
                 "result_channel='filesystem'")
+    if code == 3 and "refusing" in tail:
+        return ("the worker refused its payload because another user could have written it: use a spool_dir "
+                "of your own that nobody else can write (see the job's stderr below)")
     if code == 3:
         return "the worker could not read its payload: the spool directory must be shared with compute nodes"
     if signal == 9:
