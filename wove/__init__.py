@@ -15,7 +15,9 @@ TYPE_CHECKING = False  # `typing` costs ~10 ms to import; remote jobs import thi
 _EXPORTS = {
     "weave": "wove._weave",
     "Weave": "wove._weave",
+    "WeaveContext": "wove._weave",
     "WoveResult": "wove._result",
+    "RunRecord": "wove.executors.runtime",
     "config": "wove._config",
     "merge": "wove._merge",
     "sync_to_async": "wove._merge",
@@ -28,6 +30,7 @@ _EXPORTS = {
     "EnvironmentExecutor": "wove.executors.base",
     "BackendAdapter": "wove.executors.adapter",
     "BackendAdapterEnvironmentExecutor": "wove.executors.adapter",
+    "WoveError": "wove.errors",
     "MissingDispatchFeatureError": "wove.errors",
     "DeliveryTimeoutError": "wove.errors",
     "DeliveryOrphanedError": "wove.errors",
@@ -56,14 +59,17 @@ if TYPE_CHECKING:  # static type checkers see the real names
     from ._merge import sync_to_async as sync_to_async
     from ._result import WoveResult as WoveResult
     from ._weave import Weave as Weave
+    from ._weave import WeaveContext as WeaveContext
     from ._weave import weave as weave
     from .errors import DeliveryOrphanedError as DeliveryOrphanedError
     from .errors import DeliveryTimeoutError as DeliveryTimeoutError
     from .errors import EnvironmentExecutionError as EnvironmentExecutionError
     from .errors import MissingDispatchFeatureError as MissingDispatchFeatureError
+    from .errors import WoveError as WoveError
     from .executors.adapter import BackendAdapter as BackendAdapter
     from .executors.adapter import BackendAdapterEnvironmentExecutor as BackendAdapterEnvironmentExecutor
     from .executors.base import EnvironmentExecutor as EnvironmentExecutor
+    from .executors.runtime import RunRecord as RunRecord
     from .helpers import batch as batch
     from .helpers import denone as denone
     from .helpers import flatten as flatten

@@ -18,6 +18,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from .errors import (
+    ConfigFileNotFoundError,
+    EnvironmentDefinitionError,
+    InvalidTypeError,
+    InvalidValueError,
+    UnknownEnvironmentError,
+    WoveError,
+)
+
 DEFAULT_ENVIRONMENT = "default"
 CONFIG_FILE_NAME = "wove_config.py"
 
@@ -29,7 +38,7 @@ def _int_at_least(minimum: int) -> Callable[[str, Any], Any]:
         if value is None:
             return None
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise ValueError(f"{key} must be an integer >= {minimum} (or None), got {value!r}")
+            raise InvalidValueError(f"{key} must be an integer >= {minimum} (or None), got {value!r}")
         return value
     return check
 
@@ -38,7 +47,7 @@ def _positive_number(key: str, value: Any) -> Any:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or math.isinf(value):
-        raise ValueError(f"{key} must be a positive number of seconds (or None), got {value!r}")
+        raise InvalidValueError(f"{key} must be a positive number of seconds (or None), got {value!r}")
     return value
 
 
@@ -46,7 +55,7 @@ def _positive_rate(key: str, value: Any) -> Any:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ValueError(f"{key} must be a positive number of launches per minute (or None), got {value!r}")
+        raise InvalidValueError(f"{key} must be a positive number of launches per minute (or None), got {value!r}")
     return value
 
 
@@ -55,7 +64,8 @@ def _choice(*valid: str) -> Callable[[str, Any], Any]:
         if value is None:
             return None
         if value not in valid:
-            raise ValueError(f"{key} must be one of {', '.join(map(repr, valid))}; got {value!r}")
+            # "must be one of: ..." with the choices sorted: the words wove 2.0.3 used
+            raise InvalidValueError(f"{key} must be one of: {', '.join(map(repr, sorted(valid)))}; got {value!r}")
         return value
     return check
 
@@ -63,20 +73,26 @@ def _choice(*valid: str) -> Callable[[str, Any], Any]:
 def _boolean(key: str, value: Any) -> Any:
     if value is None or isinstance(value, bool):
         return value
-    raise ValueError(f"{key} must be True or False, got {value!r}")
+    raise InvalidValueError(f"{key} must be True or False, got {value!r}")
 
 
 def _idempotency_key(key: str, value: Any) -> Any:
     if value is None or isinstance(value, str) or callable(value):
         return value
-    raise ValueError(f"{key} must be a format string like 'order-{{order_id}}' or a callable, got {value!r}")
+    raise InvalidValueError(f"{key} must be a format string like 'order-{{order_id}}' or a callable, got {value!r}")
 
 
 def _environment_name(key: str, value: Any) -> Any:
     if value is None or (isinstance(value, str) and value):
         return value
-    raise ValueError(f"{key} must be the name of an environment (a non-empty string), got {value!r}")
+    raise InvalidValueError(f"{key} must be the name of an environment (a non-empty string), got {value!r}")
 
+
+_CHOICES = {
+    "delivery_cancel_mode": ("best_effort", "require_ack"),
+    "delivery_orphan_policy": ("fail", "cancel", "requeue", "detach"),
+    "error_mode": ("raise", "return"),
+}
 
 # Settings that tasks, weaves, environments and the global config can all carry.
 TASK_SETTINGS: dict[str, Callable[[str, Any], Any]] = {
@@ -86,16 +102,16 @@ TASK_SETTINGS: dict[str, Callable[[str, Any], Any]] = {
     "limit_per_minute": _positive_rate,
     "delivery_timeout": _positive_number,
     "delivery_idempotency_key": _idempotency_key,
-    "delivery_cancel_mode": _choice("best_effort", "require_ack"),
+    "delivery_cancel_mode": _choice(*_CHOICES["delivery_cancel_mode"]),
     "delivery_heartbeat_seconds": _positive_number,
     "delivery_max_in_flight": _int_at_least(1),
-    "delivery_orphan_policy": _choice("fail", "cancel", "requeue", "detach"),
+    "delivery_orphan_policy": _choice(*_CHOICES["delivery_orphan_policy"]),
 }
 # Settings that belong to a whole weave.
 WEAVE_SETTINGS: dict[str, Callable[[str, Any], Any]] = {
     "max_workers": _int_at_least(1),
     "max_pending": _int_at_least(1),
-    "error_mode": _choice("raise", "return"),
+    "error_mode": _choice(*_CHOICES["error_mode"]),
     "background": _boolean,
     "fork": _boolean,
     "progress": _boolean,
@@ -153,35 +169,57 @@ def normalize_environment(name: str, spec: Any) -> dict[str, Any]:
     from .executors.base import EnvironmentExecutor
 
     if not isinstance(name, str) or not name:
-        raise ValueError(f"environment names must be non-empty strings, got {name!r}")
+        raise InvalidValueError(f"environment names must be non-empty strings, got {name!r}")
     if not isinstance(spec, Mapping):
-        raise ValueError(f"environment {name!r} must be a dict like {{'executor': 'local'}}, got {spec!r}")
+        raise EnvironmentDefinitionError(f"Environment '{name}' must be a dict. Got {spec!r}; an environment "
+                                         "looks like {'executor': 'local'}")
     for key in spec:
         if key not in ENVIRONMENT_KEYS:
-            raise ValueError(unknown_key_message(f"key in environment {name!r}:", key, ENVIRONMENT_KEYS))
+            raise InvalidValueError(unknown_key_message(f"key in environment {name!r}:", key, ENVIRONMENT_KEYS))
     if "config" in spec and "executor_config" in spec:
-        raise ValueError(f"environment {name!r} sets both 'executor_config' and its alias 'config'; keep one")
+        raise InvalidValueError(f"environment {name!r} sets both 'executor_config' and its alias 'config'; keep one")
     executor = spec.get("executor", "local")
     executor_config = spec.get("executor_config", spec.get("config")) or {}
     if not isinstance(executor_config, Mapping):
-        raise ValueError(f"executor_config of environment {name!r} must be a dict, got {executor_config!r}")
+        raise InvalidValueError(f"executor_config of environment {name!r} must be a dict, got {executor_config!r}")
     if isinstance(executor, str):
         if executor not in EXECUTORS:
-            raise ValueError(
-                f"environment {name!r}: unknown executor {executor!r}; valid executors are "
+            raise InvalidValueError(
+                f"Unknown executor '{executor}'. Environment {name!r} names it, but the valid executors are "
                 f"{', '.join(map(repr, EXECUTORS))} or an EnvironmentExecutor instance")
-        executor_config = executor_class(executor).validate_config(dict(executor_config), environment=name)
+        executor_config = _executor_config(executor_class(executor), executor_config, name)
     elif isinstance(executor, EnvironmentExecutor):
-        executor_config = executor.validate_config(dict(executor_config), environment=name)
+        executor_config = _executor_config(executor, executor_config, name)
     else:
-        raise ValueError(
-            f"environment {name!r}: executor must be one of {', '.join(map(repr, EXECUTORS))} "
-            f"or an EnvironmentExecutor instance, got {executor!r}")
+        raise EnvironmentDefinitionError(
+            f"Environment 'executor' must be a string or EnvironmentExecutor instance. Environment {name!r} "
+            f"has {executor!r}; use one of {', '.join(map(repr, EXECUTORS))} or an EnvironmentExecutor instance")
     normalized: dict[str, Any] = {"executor": executor, "executor_config": executor_config}
     for key, value in spec.items():
         if key in SETTINGS:
-            normalized[key] = validate_setting(key, value)
+            try:
+                normalized[key] = validate_setting(key, value)
+            except InvalidValueError:
+                if key not in ("delivery_cancel_mode", "delivery_orphan_policy"):
+                    raise
+                # wove 2.0.3's words for these two
+                choices = " or ".join(map(repr, sorted(_CHOICES[key]))) if key == "delivery_cancel_mode" \
+                    else "one of: " + ", ".join(map(repr, sorted(_CHOICES[key])))
+                raise InvalidValueError(f"Environment '{name}' has invalid {key}. Expected {choices}. "
+                                        f"Got {value!r}.") from None
     return normalized
+
+
+def _executor_config(executor: Any, executor_config: Mapping[str, Any], name: str) -> dict[str, Any]:
+    """The executor's own check of its ``executor_config``; its plain ValueError/TypeError become wove's."""
+    try:
+        return executor.validate_config(dict(executor_config), environment=name)
+    except WoveError:
+        raise
+    except ValueError as exc:
+        raise InvalidValueError(str(exc)) from exc
+    except TypeError as exc:
+        raise InvalidTypeError(str(exc)) from exc
 
 
 # --------------------------------------------------------------------------- global state
@@ -222,7 +260,8 @@ def _load_file(path: Path) -> dict[str, Any]:
     if "WOVE_CONFIG" in namespace:
         loaded = namespace["WOVE_CONFIG"]
         if not isinstance(loaded, Mapping):
-            raise ValueError(f"{path}: WOVE_CONFIG must be a dict, got {type(loaded).__name__}")
+            raise EnvironmentDefinitionError(f"WOVE_CONFIG in config file must be a dictionary. {path} sets it to "
+                                             f"a {type(loaded).__name__}")
         return dict(loaded)
     return {key: namespace[key] for key in GLOBAL_KEYS if key in namespace and key != "config_file"}
 
@@ -235,12 +274,14 @@ def config(config_file: Optional[os.PathLike[str] | str] = None, **keys: Any) ->
     """
     for key in keys:
         if key not in GLOBAL_KEYS:
-            raise TypeError(unknown_key_message("wove.config() key", key, GLOBAL_KEYS))
+            # Python's words for an unknown keyword (wove 2.0.3's config() had explicit keywords)
+            raise InvalidTypeError(f"config() got an unexpected keyword argument '{key}': "
+                                   + unknown_key_message("wove.config() key", key, GLOBAL_KEYS))
     with _lock:
         if config_file is not None:
             path = Path(config_file)
             if not path.is_file():
-                raise FileNotFoundError(f"wove config file not found: {path}")
+                raise ConfigFileNotFoundError(f"Config file not found: {path} (wove.config(config_file=...))")
             _apply(_load_file(path), source=str(path))
         elif not keys:
             found = find_config_file()
@@ -257,14 +298,15 @@ def _apply(keys: Mapping[str, Any], source: str) -> None:
     default_env = _state["default_environment"]
     for key, value in keys.items():
         if key not in GLOBAL_KEYS or key == "config_file":
-            raise ValueError(f"{source}: " + unknown_key_message("config key", key, GLOBAL_KEYS))
+            raise InvalidValueError(f"{source}: " + unknown_key_message("config key", key, GLOBAL_KEYS))
         if key == "environments":
             if not isinstance(value, Mapping):
-                raise ValueError(f"environments must be a dict of name -> environment dict, got {value!r}")
+                raise EnvironmentDefinitionError(f"environments must be a dict[str, dict] (environment name -> "
+                                                 f"environment dict), got {value!r}")
             for name, spec in value.items():
                 if spec is None:
                     if name == DEFAULT_ENVIRONMENT:
-                        raise ValueError("the 'default' environment always exists and cannot be removed")
+                        raise InvalidValueError("the 'default' environment always exists and cannot be removed")
                     staged_envs[name] = None
                 else:
                     staged_envs[name] = normalize_environment(name, spec)
@@ -308,11 +350,14 @@ class Resolver:
                 self.check_environment(name, "weave(environment=...)" if name == weave_env
                                        else "default_environment")
 
-    def check_environment(self, name: str, where: str) -> None:
+    def check_environment(self, name: str, where: str, task: Optional[str] = None) -> None:
+        """Raise ``UnknownEnvironmentError`` unless ``name`` is configured; ``task`` names the task using it."""
         if name not in self.environments:
-            raise NameError(
-                f"{where}: unknown environment {name!r}; configured environments: "
-                f"{', '.join(sorted(self.environments))}")
+            lead = (f"Task '{task}' references unknown environment '{name}'." if task is not None
+                    else f"Environment '{name}' is not configured.")   # wove 2.0.3's words
+            raise UnknownEnvironmentError(
+                f"{lead} ({where}) Configured environments: {', '.join(sorted(self.environments))}; "
+                "add it with wove.config(environments={...})")
 
     def environment_name(self, task_environment: Optional[str]) -> str:
         return (task_environment or self.weave_options.get("environment")

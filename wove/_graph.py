@@ -161,11 +161,12 @@ def plan(tasks: dict[str, TaskSpec], init_names: Iterable[str]) -> Plan:
         source = spec.map_source
         if isinstance(source, MapFrom):
             if source.name not in available:
-                raise UnresolvedSignatureError(
-                    _unresolved_message(spec.name, [source.name], available, what="maps over"))
+                raise UnresolvedSignatureError(_missing_source_message(spec.name, source.name, available))
             if source.name == spec.name:
                 raise DependencyCycleError(
-                    f"task {spec.name!r} maps over its own result", [spec.name, spec.name])
+                    f"Circular dependency detected. Mapped task '{spec.name}' maps over its own result, "
+                    "which it can only have once it has run; map over another task or an init value.",
+                    [spec.name, spec.name])
         if source is not None:
             if len(free) != 1:
                 raise TaskDefinitionError(_map_param_message(spec, deps, free))
@@ -212,8 +213,8 @@ def plan(tasks: dict[str, TaskSpec], init_names: Iterable[str]) -> Plan:
         stuck = [name for name in tasks if remaining[name] > 0]
         cycle = _find_cycle(stuck, dependencies)
         raise DependencyCycleError(
-            "circular dependency between tasks: " + " -> ".join(cycle)
-            + ". Each of these tasks waits for the next, so none can start; rename a parameter "
+            "Circular dependency detected. The tasks " + " -> ".join(cycle)
+            + " each wait for the next, so none of them can start; rename a parameter "
             "or split a task to break the cycle.", cycle)
     return Plan(tasks=tasks, dependencies=dependencies, dependents=dependents, tiers=tiers,
                 sorted_tasks=ordered)
@@ -234,21 +235,32 @@ def _find_cycle(stuck: list[str], dependencies: dict[str, list[str]]) -> list[st
     return cycle
 
 
-def _unresolved_message(task: str, params: list[str], available: set[str], what: str = "needs") -> str:
-    parts = []
-    for param in params:
-        close = difflib.get_close_matches(param, sorted(available), n=3, cutoff=0.6)
-        hint = f" (did you mean {' or '.join(map(repr, close))}?)" if close else ""
-        parts.append(f"{param!r}{hint}")
-    names = ", ".join(sorted(available - {DATA_NAME})) or "none"
-    return (f"task {task!r} {what} {', '.join(parts)}, which is not a task, an init value or 'data'. "
-            f"Available names: {names}.")
+def _suggestions(names: list[str], available: set[str]) -> str:
+    hints = []
+    for name in names:
+        close = difflib.get_close_matches(name, sorted(available), n=3, cutoff=0.6)
+        if close:
+            hints.append(f"did you mean {' or '.join(map(repr, close))} for {name!r}?")
+    return (" " + " ".join(hints)) if hints else ""
+
+
+def _unresolved_message(task: str, params: list[str], available: set[str]) -> str:
+    # Leading words as in wove 2.0.3, then which names would have worked.
+    return (f"Task '{task}' has unresolved dependencies: {', '.join(params)}. "
+            f"Available dependencies: {', '.join(sorted(available))}. Each parameter without a default must "
+            f"name a task, an init value or 'data'.{_suggestions(params, available)}")
+
+
+def _missing_source_message(task: str, source: str, available: set[str]) -> str:
+    return (f"Mapped task '{task}' depends on '{source}', but no task with that name was found. "
+            f"@w.do({source!r}) maps over the result of a task or an init value of that name; "
+            f"available: {', '.join(sorted(available))}.{_suggestions([source], available)}")
 
 
 def _map_param_message(spec: TaskSpec, deps: list[str], free: list[str]) -> str:
+    lead = f"Mapped task '{spec.name}' must have exactly one parameter that is not a dependency."
     if not free:
-        return (f"mapped task {spec.name!r} has no parameter left to receive each item: every parameter "
-                f"({', '.join(deps) or 'none'}) names a dependency. Add one parameter for the item.")
-    return (f"mapped task {spec.name!r} has {len(free)} parameters that are not dependencies "
-            f"({', '.join(free)}); exactly one must be free to receive each item. Rename the others "
-            "after tasks or init values, or give them defaults.")
+        return (f"{lead} It has none: every parameter ({', '.join(deps) or 'none'}) names a dependency, "
+                "so nothing is left to receive each item. Add one parameter for the item.")
+    return (f"{lead} It has {len(free)} ({', '.join(free)}), so wove cannot tell which one receives each item. "
+            "Rename the others after tasks or init values, or give them defaults.")

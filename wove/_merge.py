@@ -9,13 +9,15 @@ from typing import Any, Callable, Optional
 
 from ._graph import is_async_callable
 from ._scheduler import Runtime, _binder, current_runtime
+from .errors import InvalidTypeError, MapSourceError, WeaveStateError
 
 
 def _require_runtime() -> Runtime:
     runtime = current_runtime()
     if runtime is None or runtime.loop is None or runtime.loop.is_closed():
-        raise RuntimeError("merge() can only be called from inside a task of a running weave; "
-                           "outside a weave, call the function directly")
+        # leading words as in wove 2.0.3
+        raise WeaveStateError("The `merge` function can only be used inside a task running within an active "
+                              "`weave` block. Outside a weave, call the function directly.")
     return runtime
 
 
@@ -29,12 +31,12 @@ def merge(fn: Callable[..., Any], iterable: Optional[Any] = None, **options: Any
     from ._weave import validate_task_options
 
     runtime = _require_runtime()
-    validate_task_options(options, mapped=iterable is not None, name=getattr(fn, "__name__", ""))
+    validate_task_options(options, mapped=iterable is not None, name=getattr(fn, "__name__", ""), caller="merge")
     if options.get("resources") is not None:
         from ._weave import validate_resources
         options["resources"] = validate_resources(runtime.resolver, options, f"merge({getattr(fn, '__name__', fn)})")
     if iterable is not None and (isinstance(iterable, (str, bytes)) or not hasattr(iterable, "__iter__")):
-        raise TypeError(f"merge() maps over an iterable; got {type(iterable).__name__} {iterable!r}")
+        raise MapSourceError(f"merge() maps over an iterable; got {type(iterable).__name__} {iterable!r}")
     try:
         running = asyncio.get_running_loop()
     except RuntimeError:
@@ -69,7 +71,7 @@ def sync_to_async(fn: Callable[..., Any]) -> Callable[..., Any]:
     default executor.
     """
     if is_async_callable(fn):
-        raise TypeError(f"sync_to_async expects a regular function, but {fn!r} is already async")
+        raise InvalidTypeError(f"sync_to_async expects a regular function, but {fn!r} is already async")
 
     @functools.wraps(fn)
     async def wrapper(*args: Any, **kwargs: Any) -> Any:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any, Optional
 
-from .errors import TaskCancelledError
+from .errors import TaskCancelledError, UnknownResultError, WeaveStateError
 
 # Attribute names of WoveResult itself: tasks and init values may not use them.
 RESERVED_NAMES = frozenset({"final", "exception", "cancelled", "timings", "jobs", "data"})
@@ -30,6 +30,7 @@ class WoveResult:
         self._first_error: Optional[BaseException] = None
         self._jobs: dict[str, list[Any]] = {}
         self._error_mode = error_mode
+        self._values_elsewhere: Optional[str] = None   # why task values are not here (fork=True: in the child)
         self.timings: dict[str, float] = {}
 
     # ---------------------------------------------------------------- recording (used by the scheduler)
@@ -89,22 +90,28 @@ class WoveResult:
         if name in self._init:
             return self._init[name]
         if name in self._order:
+            if self._values_elsewhere is not None:
+                raise WeaveStateError(f"the value of task {name!r} is not available here: {self._values_elsewhere}")
             raise TaskCancelledError(f"task {name!r} has not run yet (is the weave still running?)")
-        raise KeyError(name)
+        raise UnknownResultError(self._unknown(name))
+
+    def _unknown(self, name: str) -> str:
+        return (f"{name!r} is not a task or init value of this weave; "
+                f"tasks: {', '.join(self._order) or 'none'}")
 
     def __getitem__(self, name: str) -> Any:
         if name not in self._order and name not in self._init:
-            raise KeyError(f"{name!r} is not a task or init value of this weave; "
-                           f"tasks: {', '.join(self._order) or 'none'}")
+            raise UnknownResultError(self._unknown(name))
         return self._read(name)
 
     def __getattr__(self, name: str) -> Any:
         state = self.__dict__
         if name.startswith("__") or "_order" not in state:  # internals (copy, pickle) and half-built objects
-            raise AttributeError(name)
+            raise UnknownResultError(f"'{type(self).__name__}' object has no attribute '{name}'")
         if name not in state["_order"] and name not in state["_init"]:
-            raise AttributeError(f"{name!r} is not a task or init value of this weave; "
-                                 f"tasks: {', '.join(self._order) or 'none'}")
+            # leading words as in wove 2.0.3 (and Python's own AttributeError)
+            raise UnknownResultError(f"'{type(self).__name__}' object has no attribute '{name}': "
+                                     + self._unknown(name))
         return self._read(name)
 
     def __contains__(self, name: object) -> bool:

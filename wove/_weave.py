@@ -18,6 +18,17 @@ from . import _config
 from ._graph import DATA_NAME, MapFrom, Plan, TaskSpec, is_async_callable, parameters, plan
 from ._result import RESERVED_NAMES, WoveResult
 from ._scheduler import Runtime
+from .errors import (
+    InvalidTypeError,
+    InvalidValueError,
+    MapSourceError,
+    ReservedNameError,
+    TaskDefinitionError,
+    TemplateError,
+    WaitTimeoutError,
+    WeaveStateError,
+    WoveError,
+)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -27,50 +38,73 @@ TASK_OPTIONS = (*_config.TASK_SETTINGS, "environment", "resources")
 _building_template: contextvars.ContextVar[bool] = contextvars.ContextVar("wove_template", default=False)
 
 
-def validate_task_options(options: dict[str, Any], *, mapped: bool, name: str = "") -> dict[str, Any]:
-    """Check ``@w.do`` / ``merge`` options; raise with the valid names or forms."""
+# wove 2.0.3's words for `workers` / `limit_per_minute` on a task that is not mapped (from @w.do, from merge)
+_MAPPED_ONLY = ("The 'workers' and 'limit_per_minute' parameters can only be used with mapped tasks "
+                "(e.g., @w.do(iterable, ...)).")
+_MAPPED_ONLY_MERGE = ("The 'workers' and 'limit_per_minute' parameters can only be used with mapped tasks "
+                      "(e.g., @w.do(iterable, ...) or merge(func, iterable, ...)).")
+
+
+def validate_task_options(options: dict[str, Any], *, mapped: bool, name: str = "",
+                          caller: str = "do") -> dict[str, Any]:
+    """Check ``@w.do`` / ``merge`` options; raise with the valid names or forms.
+
+    ``caller`` is ``"do"`` or ``"merge"``: the function whose keyword arguments these are.
+    """
     where = f"task {name!r}: " if name else ""
     for key, value in options.items():
         if key not in TASK_OPTIONS:
-            raise TypeError(where + _config.unknown_key_message("task option", key, TASK_OPTIONS))
+            # Python's words for an unknown keyword (wove 2.0.3's do() and merge() had explicit keywords)
+            raise InvalidTypeError(f"{caller}() got an unexpected keyword argument '{key}': {where}"
+                                   + _config.unknown_key_message("task option", key, TASK_OPTIONS))
         if key == "environment":
             _config._environment_name(key, value)
         elif key == "resources":
             if value is not None and not isinstance(value, dict):
-                raise ValueError(f"{where}resources must be a dict such as {{'mem': '2G', 'time': '10:00'}}, "
-                                 f"got {value!r}")
+                raise InvalidValueError(f"{where}resources must be a dict such as {{'mem': '2G', 'time': '10:00'}}, "
+                                        f"got {value!r}")
         else:
             _config.validate_setting(key, value)
     if options.get("delivery_max_in_flight") is not None:
-        raise ValueError(f"{where}delivery_max_in_flight caps an environment's remote runs as a whole; set it on "
-                         "the environment, the weave or wove.config(), not on one task")
+        raise InvalidValueError(f"{where}delivery_max_in_flight caps an environment's remote runs as a whole; set "
+                                "it on the environment, the weave or wove.config(), not on one task")
     if not mapped:
         for key in ("workers", "limit_per_minute"):
             if options.get(key) is not None:
-                raise ValueError(f"{where}{key}={options[key]!r} only applies to mapped tasks "
-                                 "(@w.do(iterable) or @w.do('upstream')); remove it or map the task")
+                lead = _MAPPED_ONLY_MERGE if caller == "merge" else _MAPPED_ONLY
+                raise InvalidValueError(f"{lead} {where}{key}={options[key]!r} is set on a task that is not "
+                                        "mapped (@w.do(iterable) or @w.do('upstream')); remove it or map the task")
     return options
 
 
 def validate_resources(resolver: _config.Resolver, options: dict[str, Any], where: str) -> dict[str, Any]:
     """Check ``resources=`` against the executor of the environment the task runs in, before anything runs."""
     environment = resolver.environment_name(options.get("environment"))
+    resolver.check_environment(environment, where)   # an unknown name is a NameError here, not a KeyError
     executor = resolver.environments[environment]["executor"]
     if isinstance(executor, str):
         executor = _config.executor_class(executor)
     check = getattr(executor, "validate_resources", None)
     if check is None:
-        raise ValueError(f"{where}: resources={options['resources']!r} only apply to environments whose "
-                         f"executor schedules resources (such as 'slurm'); environment {environment!r} runs "
-                         f"tasks with {executor if isinstance(executor, str) else type(executor).__name__}")
-    return check(options["resources"], where)
+        raise InvalidValueError(f"{where}: resources={options['resources']!r} only apply to environments whose "
+                                f"executor schedules resources (such as 'slurm'); environment {environment!r} "
+                                f"runs tasks with "
+                                f"{executor if isinstance(executor, str) else type(executor).__name__}")
+    try:
+        return check(options["resources"], where)
+    except WoveError:
+        raise
+    except ValueError as exc:   # the executor's own check: make it one of wove's errors, same words
+        raise InvalidValueError(str(exc)) from exc
+    except TypeError as exc:
+        raise InvalidTypeError(str(exc)) from exc
 
 
 def _split_do_arguments(args: tuple[Any, ...]) -> tuple[Any, Optional[Callable[..., Any]]]:
     """Return (map_source, function-if-bare-decorator) from ``do``'s positional arguments."""
     if len(args) > 1:
-        raise TypeError(f"do() takes at most one positional argument (an iterable, a task name or a "
-                        f"function), got {len(args)}")
+        raise TaskDefinitionError(f"do() takes at most one positional argument (an iterable, a task name or "
+                                  f"a function), got {len(args)}")
     if not args:
         return None, None
     arg = args[0]
@@ -80,21 +114,22 @@ def _split_do_arguments(args: tuple[Any, ...]) -> tuple[Any, Optional[Callable[.
         return None, arg
     if hasattr(arg, "__iter__"):
         return arg, None
-    raise TypeError(f"do() expects an iterable to map over, the name of a task or init value to map "
-                    f"over, or a function; got {type(arg).__name__} {arg!r}")
+    # leading words as in wove 2.0.3 (which failed the task when it ran; we fail at decoration)
+    raise MapSourceError(f"result of type '{type(arg).__name__}' is not iterable: do() expects an iterable to "
+                         f"map over, the name of a task or init value to map over, or a function; got {arg!r}")
 
 
 def _make_spec(func: Callable[..., Any], map_source: Any, options: dict[str, Any],
                name: Optional[str] = None) -> TaskSpec:
     if not callable(func):
-        raise TypeError(f"a task must be a function, got {type(func).__name__} {func!r}")
+        raise TaskDefinitionError(f"a task must be a function, got {type(func).__name__} {func!r}")
     name = name or getattr(func, "__name__", None)
     if not name:
-        raise TypeError(f"cannot name task {func!r}: give it a __name__")
+        raise TaskDefinitionError(f"cannot name task {func!r}: give it a __name__")
     try:
         params = parameters(func)
     except (TypeError, ValueError) as exc:
-        raise TypeError(f"cannot read the parameters of task {name!r}: {exc}") from exc
+        raise TaskDefinitionError(f"cannot read the parameters of task {name!r}: {exc}") from exc
     return TaskSpec(name, func, options, map_source, is_async_callable(func), params)
 
 
@@ -107,8 +142,9 @@ class Weave:
 
     def __new__(cls, *args: Any, **kwargs: Any) -> Weave:
         if not _building_template.get():
-            raise TypeError(f"{cls.__name__} is a Weave template: run it with `with weave({cls.__name__}) "
-                            "as w:` instead of instantiating it")
+            # leading words as in wove 2.0.3
+            raise TemplateError(f"'{cls.__name__}' cannot be instantiated directly. It is a Weave template: run "
+                                f"its tasks with `with weave({cls.__name__}) as w:` (or `async with`)")
         return super().__new__(cls)
 
     def __reduce__(self) -> Any:
@@ -127,7 +163,7 @@ class Weave:
 
         if func is not None:
             if options:
-                raise TypeError("use @Weave.do or @Weave.do(**options), not both at once")
+                raise TaskDefinitionError("use @Weave.do or @Weave.do(**options), not both at once")
             return mark(func)
         return mark
 
@@ -157,17 +193,19 @@ class WeaveContext:
     def __init__(self, parent: Optional[type[Weave]], options: dict[str, Any], init_data: dict[str, Any]):
         for key in init_data:
             if key == DATA_NAME:
-                raise NameError("'data' is reserved: tasks receive every init value as the dict 'data'. "
-                                "Pick another name for this init value.")
+                # leading words as in wove 2.0.3
+                raise ReservedNameError("'data' is a reserved name. Tasks receive every init value as the dict "
+                                        "'data', so pick another name for this init value.")
             if key in RESERVED_NAMES:
-                raise NameError(f"init value {key!r} collides with the result attribute w.result.{key}; "
-                                f"reserved names: {', '.join(sorted(RESERVED_NAMES))}")
+                raise ReservedNameError(f"Initial value name '{key}' conflicts with a built-in attribute. "
+                                        f"w.result.{key} is a result attribute; reserved names: "
+                                        f"{', '.join(sorted(RESERVED_NAMES))}")
         for key in ("max_workers", "max_pending", "error_mode", "background", "fork", "progress",
                     *[k for k in _config.TASK_SETTINGS if k.startswith("delivery_")]):
             if options.get(key) is not None:
                 _config.validate_setting(key, options[key])
         if options.get("on_done") is not None and not callable(options["on_done"]):
-            raise TypeError(f"on_done must be callable, got {options['on_done']!r}")
+            raise InvalidTypeError(f"on_done must be callable, got {options['on_done']!r}")
         self._options = options
         self._init = init_data
         self._tasks: dict[str, TaskSpec] = {}
@@ -176,7 +214,7 @@ class WeaveContext:
         self._plan: Optional[Plan] = None
         self.result = WoveResult([], init_data, self._resolver.weave_value("error_mode"))
         self._thread: Optional[threading.Thread] = None
-        self._process: Any = None
+        self._forked: Any = None   # a _fork.ForkedWeave once fork=True started
         if parent is not None:
             self._add_template(parent)
 
@@ -188,7 +226,7 @@ class WeaveContext:
     # ---------------------------------------------------------------- registration
     def _add_template(self, parent: Any) -> None:
         if not (isinstance(parent, type) and issubclass(parent, Weave)):
-            raise TypeError(f"weave(parent) expects a Weave subclass, got {parent!r}")
+            raise TemplateError(f"weave(parent) expects a Weave subclass, got {parent!r}")
         token = _building_template.set(True)
         try:
             instance = parent()
@@ -204,7 +242,7 @@ class WeaveContext:
         map_source, func = _split_do_arguments(args)
         if func is not None:
             if options:
-                raise TypeError("use @w.do or @w.do(**options), not both at once")
+                raise TaskDefinitionError("use @w.do or @w.do(**options), not both at once")
             self._register(_make_spec(func, None, {}), explicit_source=False)
             return func
 
@@ -217,10 +255,12 @@ class WeaveContext:
     def _register(self, spec: TaskSpec, explicit_source: bool = True) -> None:
         name = spec.name
         if name == DATA_NAME or name in RESERVED_NAMES:
-            raise NameError(f"task name {name!r} is reserved (w.result.{name} is a result attribute); "
-                            f"reserved names: {', '.join(sorted(RESERVED_NAMES | {DATA_NAME}))}")
+            # leading words as in wove 2.0.3
+            raise ReservedNameError(f"Task name '{name}' conflicts with a built-in attribute of the WoveResult "
+                                    f"object and is not allowed. w.result.{name} is a result attribute; reserved "
+                                    f"names: {', '.join(sorted(RESERVED_NAMES | {DATA_NAME}))}")
         if name in self._init:
-            raise NameError(f"task {name!r} has the same name as an init value; rename one of them")
+            raise ReservedNameError(f"task {name!r} has the same name as an init value; rename one of them")
         earlier = self._tasks.get(name)
         if earlier is not None:
             # A re-registration replaces the task but inherits what it does not set itself.
@@ -231,7 +271,7 @@ class WeaveContext:
             validate_task_options(spec.options, mapped=spec.map_source is not None, name=name)
             env = spec.options.get("environment")
             if env is not None:
-                self._resolver.check_environment(env, f"task {name!r}")
+                self._resolver.check_environment(env, f"task {name!r}", task=name)
             if spec.options.get("resources") is not None:
                 spec.options["resources"] = validate_resources(self._resolver, spec.options, f"task {name!r}")
         if earlier is not None:
@@ -271,6 +311,35 @@ class WeaveContext:
     def _raise_if_failed(self) -> None:
         if self.result._error_mode == "raise" and self.result.exception is not None:
             raise self.result.exception
+
+    def wait(self, timeout: Optional[float] = None) -> WoveResult:
+        """Block until the weave has finished; return ``w.result``, or raise its first failure in raise mode.
+
+        Meant for ``background=True`` and ``fork=True`` weaves, whose block returns at once. It returns once
+        the weave and its ``on_done`` have finished (for ``fork=True``: once the child process has exited).
+        A weave that ran in the foreground finished when its block exited, so ``wait()`` returns at once.
+
+        With ``fork=True`` the tasks ran in another process: afterwards the parent's ``w.result`` has the
+        child's ``exception``, each failed task's exception, ``cancelled`` and ``timings``, but not the task
+        values (they may be large or unpicklable); read those in ``on_done``, which runs in the child.
+
+        ``timeout`` is in seconds; when it passes first, ``WaitTimeoutError`` is raised, the weave keeps
+        running and ``wait()`` may be called again. This blocks the calling thread: from async code use
+        ``await asyncio.to_thread(w.wait)``.
+        """
+        if self._plan is None:
+            raise WeaveStateError("wait() was called but the weave has not run: call it after the `with weave() "
+                                  "as w:` block has exited (the block only registers tasks, and runs nothing if "
+                                  "its body or the planning raised)")
+        if self._thread is not None:
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                raise WaitTimeoutError(f"the background weave was still running after {timeout}s; it keeps "
+                                       "running, and wait() can be called again")
+        elif self._forked is not None:
+            self._forked.wait(timeout)
+        self._raise_if_failed()
+        return self.result
 
     def __enter__(self) -> WeaveContext:
         return self
@@ -313,7 +382,7 @@ class WeaveContext:
         on_done = self._options.get("on_done")
         if fork:
             from ._fork import start_forked
-            self._process = start_forked(self._tasks, self._init, self._options, on_done)
+            self._forked = start_forked(self._tasks, self._init, self._options, on_done, self.result)
             return True
 
         def target() -> None:

@@ -1,14 +1,33 @@
 """Every public exception wove raises.
 
-The tree (each class also derives from the builtin a user would catch for that situation)::
+Every class derives from ``WoveError``, so ``except wove.WoveError`` catches anything wove itself raises.
+Each one also derives from the builtin a user would catch for that situation (and that the published
+wove 2.0.3 raised), so existing ``except ValueError`` / ``TypeError`` / ``NameError`` / ``RuntimeError``
+clauses keep working::
 
     WoveError
-    +-- UnresolvedSignatureError (NameError)    a parameter names nothing the weave has
-    +-- DependencyCycleError (ValueError)       tasks depend on each other in a circle
-    +-- TaskDefinitionError (TypeError)         a task is declared in a way that cannot run
+    +-- UsageError                              wove was configured or called in a way that cannot work
+    |   +-- InvalidValueError (ValueError)      an option, setting, environment or argument has a bad value
+    |   |   +-- EnvironmentDefinitionError (TypeError too)  an environment, ``environments`` or ``WOVE_CONFIG``
+    |   |                                       that is not a dict, or an executor that is neither a name
+    |   |                                       nor an ``EnvironmentExecutor``
+    |   +-- InvalidTypeError (TypeError)        an argument of the wrong type, or an option or key wove
+    |   |   |                                   does not know
+    |   |   +-- TaskDefinitionError             a task is declared in a way that cannot run
+    |   |   +-- TemplateError                   a ``Weave`` template instantiated directly, or not a template
+    |   |   +-- MapSourceError                  a mapped task's source is not iterable
+    |   +-- UnresolvedSignatureError (NameError)  a parameter names nothing the weave has
+    |   +-- ReservedNameError (NameError)       a task or init value uses a name wove reserves
+    |   +-- UnknownEnvironmentError (NameError)   an environment name that is not configured
+    |   +-- DependencyCycleError (RuntimeError, ValueError)  tasks depend on each other in a circle
+    |   +-- WeaveStateError (RuntimeError)      merge() outside a running task, wait() before the block ran
+    |   +-- UnknownResultError (KeyError, AttributeError)  reading a name that is no task or init value
+    |   +-- ConfigFileNotFoundError (FileNotFoundError)  an explicit ``config_file`` that does not exist
     +-- TaskCancelledError (RuntimeError)       reading a task that never finished
-    +-- MissingDispatchFeatureError (ImportError)  `pip install "wove[dispatch]"` is needed
-    +-- DeliveryTimeoutError (TimeoutError)     a remote result or heartbeat did not arrive in time
+    +-- TooManyItemsError (RuntimeError)        a mapped task has more items than ``max_pending``
+    +-- WaitTimeoutError (TimeoutError)         ``w.wait(timeout)`` ran out before the weave finished
+    +-- MissingDispatchFeatureError (ImportError, RuntimeError)  ``pip install "wove[dispatch]"`` is needed
+    +-- DeliveryTimeoutError (TimeoutError, RuntimeError)  a remote result or heartbeat did not arrive in time
     +-- DeliveryOrphanedError (RuntimeError)    remote work left behind when the weave stopped
     +-- EnvironmentExecutionError (RuntimeError)  a remote task failed and its exception could not be
         |                                         rebuilt, or the executor itself failed
@@ -25,6 +44,9 @@ The tree (each class also derives from the builtin a user would catch for that s
                 +-- SlurmJobFailedError
                 +-- SlurmBootFailError
                 +-- SlurmQueueTimeoutError      pending longer than `queue_timeout`
+
+Where wove 2.0.3 raised the same error, the message starts with 2.0.3's words (so ``pytest.raises(...,
+match=...)`` written against it still matches) and goes on with a longer explanation.
 """
 
 from __future__ import annotations
@@ -36,38 +58,123 @@ class WoveError(Exception):
     """Base class of every exception defined by wove."""
 
 
-class UnresolvedSignatureError(WoveError, NameError):
+# --------------------------------------------------------------------------- mistakes in using wove
+
+
+class UsageError(WoveError):
+    """wove was configured or called in a way that cannot work (found before the mistaken part runs)."""
+
+
+class InvalidValueError(UsageError, ValueError):
+    """An option, setting, environment or argument has a value wove cannot use."""
+
+
+class InvalidTypeError(UsageError, TypeError):
+    """An argument of the wrong type, or an option or configuration key wove does not know."""
+
+
+class EnvironmentDefinitionError(InvalidValueError, InvalidTypeError):
+    """An environment (or ``environments``, or ``WOVE_CONFIG``) that is not a dict, or a bad ``executor``.
+
+    Both a ``ValueError`` (what wove raised before) and a ``TypeError`` (what wove 2.0.3 raised).
+    """
+
+
+class TaskDefinitionError(InvalidTypeError):
+    """A task was declared in a way that can never run (for example a mapped task with no item parameter)."""
+
+
+class TemplateError(InvalidTypeError):
+    """A ``Weave`` template was instantiated directly, or ``weave(parent)`` got something else."""
+
+
+class MapSourceError(InvalidTypeError):
+    """A mapped task (or ``merge(fn, iterable)``) was given something that is not iterable."""
+
+
+class UnresolvedSignatureError(UsageError, NameError):
     """A task parameter matches no task, init value or ``data``."""
 
 
-class DependencyCycleError(WoveError, ValueError):
-    """The tasks' parameters form a cycle, so no task on it could ever start."""
+class ReservedNameError(UsageError, NameError):
+    """A task or init value uses a name wove reserves (``data``, or a ``WoveResult`` attribute)."""
 
-    def __init__(self, message: str, cycle: list[str]):
+
+class UnknownEnvironmentError(UsageError, NameError):
+    """An environment name that is not configured."""
+
+
+class DependencyCycleError(UsageError, RuntimeError, ValueError):
+    """The tasks' parameters form a cycle, so no task on it could ever start.
+
+    A ``RuntimeError`` as in wove 2.0.3, and a ``ValueError`` as in earlier versions of this library.
+    ``cycle`` lists the tasks on the cycle, the first repeated at the end.
+    """
+
+    def __init__(self, message: str, cycle: Optional[list[str]] = None):
         super().__init__(message)
-        self.cycle = cycle
+        self.cycle = list(cycle or [])
+
+    def __reduce__(self):
+        return (type(self), (str(self), self.cycle))
 
 
-class TaskDefinitionError(WoveError, TypeError):
-    """A task was declared in a way that can never run (for example a mapped task with no item parameter)."""
+class WeaveStateError(UsageError, RuntimeError):
+    """Something the weave's state does not allow: ``merge()`` outside a running task, ``wait()`` too early."""
+
+
+class UnknownResultError(UsageError, KeyError, AttributeError):
+    """Reading ``w.result.name`` or ``w.result["name"]`` for a name that is no task or init value.
+
+    Both a ``KeyError`` (for ``[]``) and an ``AttributeError`` (for ``.name``, so ``hasattr`` and
+    ``getattr(result, name, default)`` work).
+    """
+
+    def __str__(self) -> str:   # the message as written, not KeyError's quoted repr of it
+        return str(self.args[0]) if len(self.args) == 1 else super().__str__()
+
+
+class ConfigFileNotFoundError(UsageError, FileNotFoundError):
+    """``wove.config(config_file=...)`` names a file that does not exist."""
+
+
+# --------------------------------------------------------------------------- running
 
 
 class TaskCancelledError(WoveError, RuntimeError):
     """Raised (or returned) when reading a task that was cancelled or never started."""
 
 
-class MissingDispatchFeatureError(WoveError, ImportError):
-    """An optional dispatch feature was used without ``wove[dispatch]`` installed."""
+class TooManyItemsError(WoveError, RuntimeError):
+    """A mapped task has more items than ``max_pending`` allows."""
+
+
+class WaitTimeoutError(WoveError, TimeoutError):
+    """``w.wait(timeout=...)`` returned because the background or forked weave had not finished in time."""
+
+
+class MissingDispatchFeatureError(WoveError, ImportError, RuntimeError):
+    """An optional dispatch feature was used without ``wove[dispatch]`` installed.
+
+    An ``ImportError``, and a ``RuntimeError`` as in wove 2.0.3. ``reason`` names the feature.
+    """
 
     def __init__(self, feature: str = "this feature"):
+        self.reason = feature
         super().__init__(
-            f'{feature} needs the dispatch extra (cloudpickle): pip install "wove[dispatch]" '
-            "in the submitting environment and in the worker environment"
+            f"Wove dispatch features require cloudpickle. {feature} needs the dispatch extra: "
+            'pip install "wove[dispatch]" in the submitting environment and in the worker environment'
         )
 
+    def __reduce__(self):
+        return (type(self), (self.reason,))
 
-class DeliveryTimeoutError(WoveError, TimeoutError):
-    """A remote task's outcome (or its heartbeat) did not arrive within the configured window."""
+
+class DeliveryTimeoutError(WoveError, TimeoutError, RuntimeError):
+    """A remote task's outcome (or its heartbeat) did not arrive within the configured window.
+
+    A ``TimeoutError``, and a ``RuntimeError`` as in wove 2.0.3.
+    """
 
 
 class DeliveryOrphanedError(WoveError, RuntimeError):

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any, TypeVar
 
+from .errors import InvalidTypeError, InvalidValueError
+
 T = TypeVar("T")
 K = TypeVar("K")
 V = TypeVar("V")
@@ -12,7 +14,8 @@ V = TypeVar("V")
 
 def _positive_int(name: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        # "Fold size must be a positive integer." / "Batch count ...": wove 2.0.3's words
+        raise InvalidValueError(f"{name.capitalize()} must be a positive integer. Got {value!r}")
     return value
 
 
@@ -47,7 +50,7 @@ def batch(items: Iterable[T], count: int) -> list[list[T]]:
 def undict(mapping: Mapping[K, V]) -> list[tuple[K, V]]:
     """Turn a dict into a list of ``(key, value)`` pairs, ready to map over."""
     if not isinstance(mapping, Mapping):
-        raise TypeError(f"undict expects a mapping, got {type(mapping).__name__}")
+        raise InvalidTypeError(f"undict expects a mapping, got {type(mapping).__name__}")
     return list(mapping.items())
 
 

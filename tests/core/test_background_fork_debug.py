@@ -8,13 +8,7 @@ import time
 import pytest
 
 from wove import weave
-
-
-def _wait_for_threads_named(name, timeout=5.0):
-    deadline = time.monotonic() + timeout
-    while any(t.name == name for t in threading.enumerate()) and time.monotonic() < deadline:
-        time.sleep(0.01)
-
+from wove.errors import WaitTimeoutError, WeaveStateError
 
 # ----------------------------------------------------------------------------- background
 
@@ -40,13 +34,14 @@ def test_background_returns_at_once_and_calls_sync_on_done():
             return (waits, base * 10)
 
     release.set()  # reached only if the block did not wait for the weave
-    assert done.wait(10), "on_done was not called"
+    assert w.wait(timeout=10) is w.result
+    assert done.is_set(), "wait() returns only after on_done ran"
     result = received["result"]
     assert result.after == (True, 20)
     assert result.exception is None
     assert received["thread"] is not threading.current_thread()
     assert w.result.after == (True, 20)
-    _wait_for_threads_named("wove-background")
+    assert not any(t.name == "wove-background" for t in threading.enumerate())
 
 
 @pytest.mark.timeout(30)
@@ -64,9 +59,9 @@ def test_background_calls_async_on_done():
         async def value():
             return "async on_done ran"
 
-    assert done.wait(10)
+    w.wait(timeout=10)
+    assert done.is_set()
     assert received["value"] == "async on_done ran"
-    _wait_for_threads_named("wove-background")
 
 
 @pytest.mark.timeout(30)
@@ -88,11 +83,12 @@ def test_background_failure_is_visible_as_result_exception():
         def never(bad):
             return bad
 
-    assert done.wait(10)
+    with pytest.raises(ValueError, match="background boom"):
+        w.wait(timeout=10)   # raise mode: wait() re-raises the weave's first failure
+    assert done.is_set()
     assert isinstance(received["exception"], ValueError)
     assert str(received["exception"]) == "background boom"
     assert "never" in received["cancelled"]
-    _wait_for_threads_named("wove-background")
 
 
 @pytest.mark.timeout(30)
@@ -113,32 +109,66 @@ def test_background_from_async_block_returns_at_once():
         gate.set()
         return w
 
-    asyncio.run(main())
-    assert done.wait(10)
+    w = asyncio.run(main())
+    assert w.wait(timeout=10).final is True
     assert received["value"] is True
-    _wait_for_threads_named("wove-background")
+
+
+@pytest.mark.timeout(30)
+def test_wait_timeout_then_wait_again():
+    gate = threading.Event()
+    with weave(background=True, error_mode="return") as w:
+        @w.do
+        def slow():
+            return gate.wait(10)
+
+    with pytest.raises(WaitTimeoutError) as info:
+        w.wait(timeout=0.05)
+    assert isinstance(info.value, TimeoutError)
+    gate.set()
+    assert w.wait(timeout=10).slow is True
+
+
+def test_wait_on_a_foreground_weave_returns_at_once():
+    with weave() as w:
+        @w.do
+        def one():
+            return 1
+
+    assert w.wait() is w.result and w.wait(timeout=0).one == 1
+
+
+def test_wait_before_the_block_exits_is_a_state_error():
+    with weave() as w:
+        with pytest.raises(WeaveStateError, match="wait"):
+            w.wait()
+        with pytest.raises(RuntimeError):
+            w.wait()
+
+
+def test_wait_in_return_mode_returns_the_failed_result():
+    with weave(background=True, error_mode="return") as w:
+        @w.do
+        def bad():
+            raise KeyError("kept")
+
+    result = w.wait(timeout=10)
+    assert isinstance(result.exception, KeyError) and isinstance(result.bad, KeyError)
 
 
 # ----------------------------------------------------------------------------- fork
 
 
-def _wait_for_file(path, context, timeout=20.0):
-    """Poll for a file the forked child writes; stop early if the child process already exited."""
-    child = getattr(context, "_process", None)  # the engine's child handle, used only to fail fast
-    deadline = time.monotonic() + timeout
-    exited_at = None
-    while time.monotonic() < deadline:
-        if path.exists() and path.read_text().endswith("\n"):
-            if child is not None:
-                child.wait(timeout=10)
-            return path.read_text()
-        if child is not None and child.poll() is not None:
-            exited_at = exited_at or time.monotonic()
-            if time.monotonic() - exited_at > 1.0:
-                raise AssertionError(f"the forked child exited with code {child.returncode} "
-                                     f"without writing {path.name}")
-        time.sleep(0.02)
-    raise AssertionError(f"{path} was not written within {timeout}s")
+def _wait_for_file(path, w, timeout=30.0):
+    """Wait for the forked weave (w.wait also returns when the child died early), then read its file."""
+    try:
+        w.wait(timeout=timeout)
+    except WaitTimeoutError:
+        raise
+    except Exception:  # a failed weave (not a timeout): the file its on_done wrote tells what happened
+        pass
+    assert path.exists(), f"the forked child exited without writing {path.name}"
+    return path.read_text()
 
 
 @pytest.mark.timeout(60)
@@ -170,6 +200,11 @@ def test_fork_runs_weave_and_on_done_in_a_child_process(tmp_path):
     assert doubled == "42"
     assert exception == "None"
     assert returned_after < 10
+    # the parent's result carries the outcome, not the values (they stay in the child)
+    assert w.result.exception is None and w.result.cancelled == set()
+    assert set(w.result.timings) >= {"pid", "doubled"}
+    with pytest.raises(WeaveStateError, match="forked process"):
+        _ = w.result.doubled
 
 
 @pytest.mark.timeout(60)
@@ -189,6 +224,58 @@ def test_fork_failure_reaches_on_done_in_child(tmp_path):
     text = _wait_for_file(tmp_path / "failed.txt", w)
     assert text.startswith("KeyError")
     assert "in child" in text
+    with pytest.raises(KeyError, match="in child"):
+        w.wait(timeout=10)   # the child's failure, re-raised in the parent
+    assert isinstance(w.result.exception, KeyError)
+
+
+class _NeedsTwoArgs(Exception):
+    def __init__(self, code, detail):
+        super().__init__(f"{code}: {detail}")
+
+
+@pytest.mark.timeout(60)
+def test_fork_failure_whose_exception_cannot_be_rebuilt_still_reaches_the_parent():
+    pytest.importorskip("cloudpickle")
+    with weave(background=True, fork=True) as w:
+        @w.do
+        def bad():
+            raise _NeedsTwoArgs(7, "odd exception")
+
+    from wove.errors import EnvironmentExecutionError
+    with pytest.raises(EnvironmentExecutionError, match="_NeedsTwoArgs: 7: odd exception"):
+        w.wait(timeout=30)
+
+
+@pytest.mark.timeout(60)
+def test_fork_child_that_dies_is_reported_by_wait():
+    pytest.importorskip("cloudpickle")
+
+    def on_done(result):
+        os._exit(3)
+
+    with weave(background=True, fork=True, on_done=on_done, error_mode="return") as w:
+        @w.do
+        def fine():
+            return 1
+
+    # the report is written before on_done, so the outcome is known even though on_done killed the child
+    assert w.wait(timeout=30).exception is None
+
+
+@pytest.mark.timeout(60)
+def test_fork_child_that_dies_before_reporting_fails_wait():
+    pytest.importorskip("cloudpickle")
+    from wove.errors import EnvironmentExecutionError
+
+    with weave(background=True, fork=True) as w:
+        @w.do
+        def die():
+            os._exit(3)
+
+    with pytest.raises(EnvironmentExecutionError, match="exited with code 3 before reporting"):
+        w.wait(timeout=30)
+    assert "die" in w.result.cancelled
 
 
 def module_level_task(n):

@@ -13,8 +13,10 @@ DOCUMENTED = {
     "denone", "sync_to_async", "EnvironmentExecutor", "BackendAdapter", "BackendAdapterEnvironmentExecutor",
     "MissingDispatchFeatureError", "DeliveryTimeoutError", "DeliveryOrphanedError", "__version__",
 }
-# Documented under "Also importable" without a module; accepted in wove.__all__ as well.
-ALSO_IMPORTABLE = {"EnvironmentExecutionError"}
+# Documented under "Also importable" without a module; accepted in wove.__all__ as well. WoveError (the base
+# of every error wove raises), RunRecord (the entries of WoveResult.jobs) and WeaveContext (the type of `w`)
+# are exported by issue 11.
+ALSO_IMPORTABLE = {"EnvironmentExecutionError", "WoveError", "RunRecord", "WeaveContext"}
 
 
 def test_all_matches_documented_public_names():
