@@ -130,7 +130,7 @@ def start_forked(tasks: dict[str, TaskSpec], init_data: dict[str, Any], options:
         "options": child_options,
         "on_done": on_done,
         "config": {"default_environment": snapshot["default_environment"],
-                   "environments": {k: v for k, v in snapshot["environments"].items() if k != "default"},
+                   "environments": snapshot["environments"],   # "default" too: its settings apply in the child
                    **snapshot["_explicit"]},
     })
     report_dir = tempfile.mkdtemp(prefix="wove-fork-")   # private (0700): only we and the child write here

@@ -27,6 +27,7 @@ _current_runtime: contextvars.ContextVar[Optional[Runtime]] = contextvars.Contex
 _thread_state = threading.local()
 
 _MAP_ONLY = ("workers", "limit_per_minute")
+_RESTART = object()   # an environment start was cancelled with its task: whoever needs it next starts it
 
 
 def current_runtime() -> Optional[Runtime]:
@@ -123,26 +124,41 @@ class Runtime:
         return self._merge_pool
 
     async def environment(self, name: str) -> Any:
-        """The started remote environment ``name``, or ``None`` when it runs tasks in this process."""
-        future = self._environments.get(name)
-        if future is None:
-            spec = self.resolver.environments[name]
-            if _is_local(spec["executor"]):
-                return None
-            future = self.loop.create_future()
-            self._environments[name] = future
-            try:
-                from .executors.runtime import RemoteEnvironment
-                environment = RemoteEnvironment(name, spec, self)
-                await environment.start()
-            except BaseException as exc:
-                self._environments[name] = _failed_future(self.loop, exc)
-                future.set_exception(exc)
-                future.exception()  # mark retrieved: the caller re-raises it
-                raise
-            future.set_result(environment)
-            return environment
-        return await asyncio.shield(future) if not future.done() else future.result()
+        """The started remote environment ``name``, or ``None`` when it runs tasks in this process.
+
+        The first task to need it starts it; the others wait for that start. A start that fails is that
+        environment's failure for every task; a start cut short because *its* task was cancelled is not:
+        the next task to need the environment starts it again.
+        """
+        while True:
+            future = self._environments.get(name)
+            if future is None:
+                return await self._start_environment(name)
+            value = await asyncio.shield(future) if not future.done() else future.result()
+            if value is not _RESTART:
+                return value
+
+    async def _start_environment(self, name: str) -> Any:
+        spec = self.resolver.environments[name]
+        if _is_local(spec["executor"]):
+            return None
+        future = self.loop.create_future()
+        self._environments[name] = future
+        try:
+            from .executors.runtime import RemoteEnvironment
+            environment = RemoteEnvironment(name, spec, self)
+            await environment.start()
+        except asyncio.CancelledError:
+            self._environments.pop(name, None)
+            future.set_result(_RESTART)   # waiters try again instead of reading the cancellation as theirs
+            raise
+        except BaseException as exc:
+            self._environments[name] = _failed_future(self.loop, exc)
+            future.set_exception(exc)
+            future.exception()  # mark retrieved: the caller re-raises it
+            raise
+        future.set_result(environment)
+        return environment
 
     def task_settings(self, spec: TaskSpec, environment: str) -> dict[str, Any]:
         """Settings of a task; tasks without options share one resolved dict per environment."""

@@ -161,10 +161,9 @@ class BackendAdapterEnvironmentExecutor(EnvironmentExecutor):
                 f"environment {environment_name!r}: this {type(self).__name__} instance is already serving "
                 "another weave; weaves that run at the same time need their own instance (or name the "
                 "executor, e.g. 'slurm', and wove makes one per weave)")
-        self._active = True
         # Fresh per-run state: an instance may serve several weaves one after another.
         self._runs, self._detached, self._static, self._callables = {}, set(), None, {}
-        cloudpickle_module()
+        cloudpickle_module()   # these two fail before anything is acquired (and the instance stays free)
         missing = [m for m in self.adapter_class.required_modules if importlib.util.find_spec(m) is None]
         if missing:
             raise ExecutorStartError(
@@ -173,6 +172,7 @@ class BackendAdapterEnvironmentExecutor(EnvironmentExecutor):
         config = dict(environment_config.get("executor_config") or {})
         self._config = config
         self._queue = asyncio.Queue()
+        self._active = True
         try:
             self._make_run_dir(environment_name, config.get("spool_dir") or default_spool_root())
             allow = config.get("unpickle_allow")
