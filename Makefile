@@ -1,6 +1,7 @@
 # Two entry points, both working on a fresh Debian 12 machine (root): `make demo` and `make test`.
 # Each creates the virtual environment, installs wove with its extras, and starts the local Slurm
-# cluster (scripts/local-slurm.sh, idempotent) before running.
+# cluster (scripts/local-slurm.sh, idempotent) before running. `make test-fast` runs every test that
+# needs no cluster (no Slurm, no apt), as an unprivileged user, in under two minutes.
 
 PYTHON ?= python3
 VENV := .venv
@@ -8,8 +9,11 @@ BIN := $(CURDIR)/$(VENV)/bin
 # Jobs run `python -m wove.backend_worker`; with the venv first on PATH (exported to jobs by sbatch's
 # default --export=ALL) they find the same interpreter and wove as the weave that submitted them.
 RUN := env PATH="$(BIN):$$PATH"
+PYTEST := $(BIN)/python -m pytest -q -p no:cacheprovider
+# The unprivileged account `make test-fast` runs as when started by root (created if missing).
+TEST_USER ?= wove-test
 
-.PHONY: install slurm demo test lint bench clean
+.PHONY: install slurm demo test test-fast lint bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,7 +36,12 @@ lint: install
 	$(BIN)/ruff check .
 
 test: install slurm lint
-	$(RUN) CI=$${CI:-} $(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+	$(RUN) CI=$${CI:-} $(PYTEST) --durations=15 $(PYTEST_ARGS)
+
+# As root, scripts/test-fast.sh drops to an unprivileged user ($(TEST_USER)) with a TMPDIR of its own; tests
+# that need root (the multi-user ones) skip.
+test-fast: install
+	WOVE_TEST_USER=$(TEST_USER) scripts/test-fast.sh $(PYTEST_ARGS)
 
 bench: install slurm
 	$(RUN) $(BIN)/python benchmarks/core_overhead.py

@@ -180,20 +180,34 @@ def test_failing_async_item_cancels_siblings_in_return_mode_too():
 
 
 @pytest.mark.timeout(30)
-def test_failing_sync_item_cancels_items_not_yet_started():
+@pytest.mark.parametrize("options", [{}, {"timeout": 20}], ids=["fast-path", "option-path"])
+def test_failing_sync_item_cancels_items_not_yet_started(options):
+    # wove itself must cancel the queued items. The weave stays open after the failure (error_mode="return",
+    # a sibling task still sleeping), so the thread pool's shutdown at the end of the weave, which cancels
+    # queued work anyway, comes too late to stand in for it: without wove's cancellation one item after
+    # another would start in that time.
     started = []
     lock = threading.Lock()
-    with pytest.raises(ValueError, match="boom"), weave(max_workers=1) as w:
-        @w.do(range(50))
+    with weave(max_workers=1, error_mode="return") as w:
+        @w.do(range(50), **options)
         def each(i):
             with lock:
                 started.append(i)
             if i == 0:
                 raise ValueError("boom")
-            time.sleep(0.02)
+            time.sleep(0.2)
 
-    time.sleep(0.1)  # give a wrongly-still-running queue the chance to show itself
-    assert len(started) < 50, "queued items must be cancelled once one item failed"
+        @w.do
+        async def keeps_the_weave_open():
+            await asyncio.sleep(1.5)
+            return "still open"
+
+    assert isinstance(w.result.each, ValueError) and str(w.result.each) == "boom"
+    assert w.result.keeps_the_weave_open == "still open"
+    # Besides item 0: the item the one worker thread may have taken before the failure reached the event loop,
+    # and on the option path (cancellation travels through asyncio tasks, over a few loop iterations) at most
+    # one more that the thread reached first. Without wove's cancellation, item after item starts.
+    assert started[0] == 0 and len(started) <= 3, f"items started after item 0 failed: {started}"
 
 
 def test_mapped_task_with_extra_dependencies_and_downstream():

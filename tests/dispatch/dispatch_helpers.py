@@ -113,6 +113,7 @@ class AdapterLog:
         self.encoded: list[str] = []
         self.frames: list[dict[str, Any]] = []
         self.spool_at_submit: list[tuple[str, int, int]] = []   # (path, file mode, dir mode)
+        self.args_at_submit: list[tuple[str, int, int, int]] = []   # spooled arguments: (path, modes, size)
         self.procs: dict[str, subprocess.Popen] = {}
         self.cancels: list[str] = []
         self.events: list[tuple[str, str, float]] = []         # (run_id, type, monotonic)
@@ -163,6 +164,12 @@ class SubprocessAdapter(BackendAdapter):
                 path = encoded[len(protocol.SPOOL_PREFIX):]
                 log.spool_at_submit.append((path, os.stat(path).st_mode & 0o777,
                                             os.stat(os.path.dirname(path)).st_mode & 0o777))
+            args_field = payload.get("args_pickle") or ""
+            if args_field.startswith(protocol.SPOOL_PREFIX):
+                path = args_field[len(protocol.SPOOL_PREFIX):]
+                st = os.stat(path)
+                log.args_at_submit.append((path, st.st_mode & 0o777, os.stat(os.path.dirname(path)).st_mode & 0o777,
+                                           st.st_size))
             log.in_flight += 1
             log.max_in_flight = max(log.max_in_flight, log.in_flight)
         env = {k: v for k, v in os.environ.items() if k != protocol.PAYLOAD_ENV}

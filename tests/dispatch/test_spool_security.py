@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import pwd
 import shutil
 import stat
 import tempfile
@@ -29,6 +30,8 @@ from wove import BackendAdapterEnvironmentExecutor, weave
 from wove.dispatch import protocol, spool
 from wove.errors import ExecutorStartError
 from wove.slurm import states
+
+ME = pwd.getpwuid(os.geteuid()).pw_name   # the owner named in refusals of our own directories
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -93,7 +96,7 @@ def test_spool_root_others_can_write_without_the_sticky_bit_is_refused(shared_di
     os.mkdir(root)
     os.chmod(root, mode)
     message = start_refused(root)
-    assert root in message and f"mode {mode:04o}" in message and "owner root" in message
+    assert root in message and f"mode {mode:04o}" in message and f"owner {ME}" in message
     assert f"chmod go-w {root}" in message
     assert os.listdir(root) == []
 
@@ -226,7 +229,7 @@ def test_worker_refuses_a_payload_in_a_directory_others_can_write(receiver, priv
     os.chmod(private_dir, mode)
     done = run_worker(protocol.SPOOL_PREFIX + path)
     assert done.returncode == 3, done.stderr
-    assert private_dir in done.stderr and f"mode {mode:04o}" in done.stderr and "owner root" in done.stderr
+    assert private_dir in done.stderr and f"mode {mode:04o}" in done.stderr and f"owner {ME}" in done.stderr
     assert not os.path.exists(marker)
 
 

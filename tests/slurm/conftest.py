@@ -1,46 +1,22 @@
 """Fixtures for tests against the real local Slurm cluster started by scripts/local-slurm.sh.
 
-Outside CI a machine without the cluster skips these tests; with ``CI`` set they fail instead, so CI can
-never pass without having run them.
+Every test here carries the ``slurm`` marker (tests/conftest.py adds it) and so gets ``slurm_cluster``;
+tests that need no cluster belong in tests/unit or tests/core.
 """
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import uuid
-from pathlib import Path
 
 import pytest
 
 import wove
 from wove.slurm.executor import SlurmExecutor
 
-ROOT = Path(__file__).resolve().parents[2]
-SCRIPT = ROOT / "scripts" / "local-slurm.sh"
-
-pytestmark = pytest.mark.slurm
-
-
-def _ensure_cluster() -> str:
-    if subprocess.run(["sinfo", "-h"], capture_output=True).returncode == 0:
-        return ""
-    result = subprocess.run([str(SCRIPT), "start"], capture_output=True, text=True, timeout=300)
-    if result.returncode != 0:
-        return f"local Slurm cluster could not start:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}"
-    return ""
-
 
 @pytest.fixture(scope="session", autouse=True)
-def slurm_cluster():
-    # Jobs run `python -m wove.backend_worker`: put this interpreter (the venv) first on PATH.
-    os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
-    problem = _ensure_cluster()
-    if problem:
-        if os.environ.get("CI"):
-            pytest.fail(problem)
-        pytest.skip(problem)
+def _cluster_first(slurm_cluster):
+    """Session-wide here, so the cluster is up before module fixtures (test_reconfigured_cluster) run."""
     yield
 
 

@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 from slurm_helpers import all_jobs, squeue_jobs
 
-import wove
 from wove import weave
 from wove.errors import SlurmOutOfMemoryError
 
@@ -174,19 +173,6 @@ def test_invalid_resources_fail_before_anything_is_submitted(executor, prefix, r
     assert message in str(caught.value)
     assert "task 'never'" in str(caught.value)
     assert all_jobs(prefix) == []
-
-
-def test_invalid_environment_resources_fail_at_config_time(tmp_path):
-    with pytest.raises(ValueError, match=r"'partiton'\. Did you mean 'partition'"):
-        wove.config(environments={"slurm": {"executor": "slurm", "executor_config": {"partiton": "x"}}})
-
-
-def test_resources_on_a_local_task_are_refused(executor):
-    with pytest.raises(ValueError, match="only apply to environments whose executor schedules resources"):
-        with weave() as w:
-            @w.do(resources={"mem": "1G"})
-            def local():
-                return 1
 
 
 def _hungry():

@@ -149,24 +149,31 @@ class EventGate:
             return UNAUTHORIZED
         return OK
 
-    def parse(self, run_id: str, event: str, incarnation: int, seq: int,
-              body: bytes | bytearray) -> tuple[int, Optional[dict[str, Any]]]:
-        """Turn an authenticated body into a frame whose pickles are still encoded (cheap; nothing unpickled).
+    def parse(self, run_id: str, event: str, incarnation: int, seq: int, body: bytes | bytearray | None,
+              decoded: Any = None) -> tuple[int, Optional[dict[str, Any]]]:
+        """Turn an authenticated body into a frame whose pickles are still encoded (nothing unpickled).
 
-        A finished run's late event is acknowledged and never decoded: the result is ``(OK, None)``, or for
-        ``task_cancelled`` (the acknowledgement of our own cancel) a frame made from the signed envelope
-        alone, marked ``late``.
+        ``decoded`` is the body's JSON already parsed (in a thread, after ``authenticate``) when ``body`` is
+        ``None``. A finished run's late event is acknowledged and never decoded: the result is ``(OK, None)``,
+        or for ``task_cancelled`` (the acknowledgement of our own cancel) a frame made from the signed
+        envelope alone, marked ``late``.
         """
         state = self._runs.get(run_id)
+        if state is not None and (incarnation < state.incarnation
+                                  or (incarnation == state.incarnation and seq <= state.seq)):
+            self.count_rejection(CONFLICT)   # the same event twice, authenticated before either was applied
+            return CONFLICT, None
         if state is None or state.finished:
             self.commit(run_id, incarnation, seq)
             if event == "task_cancelled":
                 return OK, {"type": event, "run_id": run_id, "incarnation": incarnation, "late": True}
             return OK, None
-        try:
-            frame = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
-            frame = None
+        frame = decoded
+        if body is not None:
+            try:
+                frame = json.loads(body)
+            except (ValueError, UnicodeDecodeError):
+                frame = None
         if not isinstance(frame, dict) or frame.get("type") != event or frame.get("run_id") != run_id \
                 or event not in protocol.EVENT_TYPES:
             self.count_rejection(BAD_REQUEST)

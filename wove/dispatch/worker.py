@@ -30,6 +30,7 @@ EXIT_OK, EXIT_TASK_FAILED, EXIT_UNDELIVERED, EXIT_BAD_PAYLOAD = 0, 1, 2, 3
 #: Set when the job is warned (SIGUSR1, from executor_config "signal_before_timeout") that its time is nearly up.
 TIME_WARNING = threading.Event()
 DEFAULT_POST_SECONDS = 60.0
+FILE_EVENT_INLINE_BYTES = 4 * 1024 * 1024   # filesystem channel: larger results get a file of their own
 SIGNAL_POST_SECONDS = 10.0   # after SIGTERM there is little time left (Slurm's KillWait is 30 s by default)
 _TRAPPED = ("SIGTERM", "SIGUSR1")   # report task_cancelled with the signal, then exit
 _WARNING = "SIGUSR1"   # ... unless the payload asks for it as a warning: the task keeps running (TIME_WARNING)
@@ -183,8 +184,10 @@ class EventSender:
             self.seq += 1
             frame = {"type": event, "run_id": self.run_id, "task_id": self.task_id, **fields}
             body = compactjson.dumps(frame).encode()
-            if (event == "task_result" and self.channel == "http" and self.max_body
-                    and len(body) > self.max_body):
+            # Large results go to a raw file of their own (HTTP: above the receiver's body limit); the event
+            # then carries its signed digest, so the weave never parses megabytes of JSON to get them.
+            limit = self.max_body if self.channel == "http" else FILE_EVENT_INLINE_BYTES
+            if event == "task_result" and limit and len(body) > limit:
                 spooled = self._spool_result(frame)
                 if spooled is None:
                     return False
@@ -397,8 +400,8 @@ def execute(payload: dict[str, Any], *, sender: Optional[EventSender] = None,
     try:
         try:
             version = str(payload.get("cloudpickle") or "")
-            func = unpickle.loads(protocol.b64decode(payload["callable_pickle"]), version)
-            args, kwargs = unpickle.loads(protocol.b64decode(payload["args_pickle"]), version)
+            func = unpickle.loads(_pickle_field(payload["callable_pickle"], "function"), version)
+            args, kwargs = unpickle.loads(_pickle_field(payload["args_pickle"], "arguments"), version)
         except Exception as exc:
             fields = _error_fields(exc, source="config", message=(
                 f"could not load task {payload.get('task_name')!r} in the job: {type(exc).__name__}: {exc}. "
@@ -429,6 +432,15 @@ def execute(payload: dict[str, Any], *, sender: Optional[EventSender] = None,
     if before_outcome is not None:
         before_outcome()
     return code if sender.send(outcome, fields) else EXIT_UNDELIVERED
+
+
+def _pickle_field(field: str, what: str) -> bytes:
+    """A payload's pickle: base64 inline, or ``spool:<path>`` of a raw file (checked to be this user's alone)."""
+    if not field.startswith(protocol.SPOOL_PREFIX):
+        return protocol.b64decode(field)
+    path = field[len(protocol.SPOOL_PREFIX):]
+    with open(spool.open_private(path, f"spooled {what}"), "rb") as handle:
+        return handle.read()
 
 
 def _raise_signal(signum: int, frame: Any) -> None:

@@ -18,13 +18,23 @@ from collections.abc import Mapping
 from typing import Any, Optional
 
 from ..dispatch import protocol, spool
-from ..dispatch.events import UNAVAILABLE, EventGate
-from ..errors import ExecutorStartError, InvalidValueError, MissingDispatchFeatureError
+from ..dispatch.events import EventGate
+from ..dispatch.filechannel import FileChannel
+from ..dispatch.payload import (
+    DEFAULT_SPOOL_THRESHOLD,
+    PayloadBuilder,
+    cloudpickle_module,
+    encode_payload,
+    import_path,
+)
+from ..errors import ExecutorStartError, InvalidValueError
 from .base import EnvironmentExecutor
+
+__all__ = ["DEFAULT_SPOOL_THRESHOLD", "BackendAdapter", "BackendAdapterEnvironmentExecutor", "cloudpickle_module",
+           "default_spool_root", "encode_payload", "import_path", "validate_dispatch_config"]
 
 log = logging.getLogger("wove.dispatch")
 
-DEFAULT_SPOOL_THRESHOLD = 64 * 1024
 #: ``executor_config`` keys every adapter environment understands.
 DISPATCH_KEYS = frozenset({
     "callback_host", "callback_port", "callback_token", "callback_url", "callback_max_body",
@@ -36,14 +46,6 @@ RESULT_CHANNELS = ("http", "filesystem")
 def default_spool_root() -> str:
     """``$WOVE_SPOOL_DIR``, else ``~/.cache/wove/spool`` (home directories are shared on most clusters)."""
     return os.environ.get("WOVE_SPOOL_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "wove", "spool")
-
-
-def cloudpickle_module(feature: str = "sending tasks to another process") -> Any:
-    try:
-        import cloudpickle
-    except ImportError:
-        raise MissingDispatchFeatureError(feature) from None
-    return cloudpickle
 
 
 class BackendAdapter:
@@ -140,12 +142,11 @@ class BackendAdapterEnvironmentExecutor(EnvironmentExecutor):
         self._queue: Optional[asyncio.Queue[dict[str, Any]]] = None
         self._gate: Optional[EventGate] = None
         self._receiver: Any = None
-        self._poller: Optional[asyncio.Task[None]] = None
+        self._files: Optional[FileChannel] = None
+        self._builder: Optional[PayloadBuilder] = None
         self._runs: dict[str, dict[str, Any]] = {}
         self._detached: set[str] = set()
         self._config: dict[str, Any] = {}
-        self._static: Optional[dict[str, Any]] = None
-        self._callables: dict[int, tuple[Any, str]] = {}
         self._active = False
 
     # ---------------------------------------------------------------- configuration
@@ -162,7 +163,7 @@ class BackendAdapterEnvironmentExecutor(EnvironmentExecutor):
                 "another weave; weaves that run at the same time need their own instance (or name the "
                 "executor, e.g. 'slurm', and wove makes one per weave)")
         # Fresh per-run state: an instance may serve several weaves one after another.
-        self._runs, self._detached, self._static, self._callables = {}, set(), None, {}
+        self._runs, self._detached = {}, set()
         cloudpickle_module()   # these two fail before anything is acquired (and the instance stays free)
         missing = [m for m in self.adapter_class.required_modules if importlib.util.find_spec(m) is None]
         if missing:
@@ -181,7 +182,8 @@ class BackendAdapterEnvironmentExecutor(EnvironmentExecutor):
                 self.events_run_dir = self.run_dir.make_private("events")
                 self.events_dir = self.events_run_dir.path
                 self.callback_url = ""
-                self._poller = asyncio.get_running_loop().create_task(self._poll_event_files())
+                self._files = FileChannel(self.events_run_dir, self._gate, self._on_verified)
+                self._files.start()
             else:
                 await self._start_receiver(environment_name, config)
             adapter = self.adapter_class(name=environment_name, config=config, callback_url=self.callback_url,
@@ -217,8 +219,12 @@ class BackendAdapterEnvironmentExecutor(EnvironmentExecutor):
             port=int(config.get("callback_port") or 0),
             max_body=int(config.get("callback_max_body") or DEFAULT_MAX_BODY))
         await self._receiver.start()
-        self.callback_url = config.get("callback_url") or self._receiver.url(
-            await self.advertise_host(self._receiver.host))
+        if config.get("callback_url"):
+            self.callback_url = config["callback_url"]
+        else:
+            host = await self.advertise_host(self._receiver.host)
+            # url() may look up this host's name (a 0.0.0.0 bind): never on the event loop
+            self.callback_url = await asyncio.get_running_loop().run_in_executor(None, self._receiver.url, host)
 
     def default_callback_host(self) -> str:
         """Where the receiver binds when ``callback_host`` is not set."""
@@ -234,10 +240,9 @@ class BackendAdapterEnvironmentExecutor(EnvironmentExecutor):
         return adjust(exc, resources, settings) if adjust is not None else resources
 
     async def stop(self) -> None:
-        if self._poller is not None:
-            self._poller.cancel()
-            await asyncio.gather(self._poller, return_exceptions=True)
-            self._poller = None
+        if self._files is not None:
+            await self._files.stop()
+            self._files = None
         adapter = self.adapter
         try:
             if adapter is not None and not getattr(adapter, "_closed", False):
@@ -253,6 +258,9 @@ class BackendAdapterEnvironmentExecutor(EnvironmentExecutor):
 
     def _close_run_dir(self) -> None:
         """Delete this run's spool directory (by descriptor, never through a symlink) and close it."""
+        builder, self._builder = self._builder, None
+        if builder is not None:
+            builder.close()
         if self.events_run_dir is not None:
             self.events_run_dir.close()
             self.events_run_dir = None
@@ -272,7 +280,7 @@ class BackendAdapterEnvironmentExecutor(EnvironmentExecutor):
         assert self.adapter is not None and self._gate is not None, "executor used before start()"
         kind = frame.get("type")
         if kind == "run_task":
-            payload = self.build_payload(frame)
+            payload = await self.build_payload(frame)
             self._gate.register(payload["run_id"], payload["signing"]["key"])
             self._runs[frame["run_id"]] = {"submission": None, "frame": frame}
             try:
@@ -343,14 +351,20 @@ class BackendAdapterEnvironmentExecutor(EnvironmentExecutor):
                 self._gate.forget(run_id)
         if self.run_dir is not None:
             self.run_dir.remove(spool.payload_name(run_id))
+        if self._builder is not None:
+            self._builder.forget(run_id)
 
     # ---------------------------------------------------------------- payloads
-    def build_payload(self, frame: dict[str, Any]) -> dict[str, Any]:
-        """The documented payload for a ``run_task`` frame, plus our signing and version fields."""
-        cloudpickle = cloudpickle_module()
-        if self._static is None:   # the same for every payload of this environment run
+    async def build_payload(self, frame: Mapping[str, Any]) -> dict[str, Any]:
+        """The documented payload for a ``run_task`` frame, plus our signing and version fields.
+
+        Pickling (and spooling large pickles) happens off the event loop, see ``dispatch.payload``.
+        """
+        builder = self._builder
+        if builder is None:   # the static part is the same for every payload of this environment run
+            assert self.run_dir is not None, "executor used before start()"
             config = self._config
-            self._static = {
+            static = {
                 "version": protocol.PAYLOAD_VERSION,
                 "adapter": self.adapter_name,
                 "callback_url": self.callback_url,
@@ -361,115 +375,19 @@ class BackendAdapterEnvironmentExecutor(EnvironmentExecutor):
                 # Functions pickled by reference import on the job when it can see the same directories.
                 "sys_path": import_path(),
             }
-            if self._static["result_channel"] == "filesystem":
-                self._static["events_dir"] = self.events_dir
-        delivery = dict(frame.get("delivery") or {})
-        if self._config.get("post_timeout"):
-            delivery["post_timeout"] = self._config["post_timeout"]
-        func = frame["callable"]
-        if frame.get("map_index") is not None:
-            # The items of one mapped task share their function: pickle it once (a map of 5,000 items
-            # would otherwise spend most of its submission time pickling the same function).
-            cached = self._callables.get(id(func))
-            if cached is None or cached[0] is not func:
-                cached = self._callables[id(func)] = (func, protocol.b64encode(cloudpickle.dumps(func)))
-            callable_pickle = cached[1]
-        else:
-            callable_pickle = protocol.b64encode(cloudpickle.dumps(func))
-        return {
-            **self._static,
-            "run_id": frame["run_id"],
-            "task_id": frame.get("task_id"),
-            "task_name": frame.get("task_name"),
-            "callable_pickle": callable_pickle,
-            "args_pickle": protocol.b64encode(cloudpickle.dumps(tuple(frame.get("args") or ((), {})))),
-            "delivery": delivery,
-            "signing": {"alg": "hmac-sha256", "key": protocol.new_key()},
-        }
+            if static["result_channel"] == "filesystem":
+                static["events_dir"] = self.events_dir
+            builder = self._builder = PayloadBuilder(static, self.run_dir, post_timeout=config.get("post_timeout"))
+        args, kwargs = frame.get("args") or ((), {})
+        return await builder.build(
+            run_id=frame["run_id"], task_id=frame.get("task_id"), task_name=frame.get("task_name"),
+            func=frame["callable"], args=tuple(args), kwargs=dict(kwargs), delivery=frame.get("delivery") or {},
+            mapped=frame.get("map_index") is not None)
 
     def encode_payload(self, payload: dict[str, Any]) -> str:
         threshold = int(self._config.get("spool_threshold") or DEFAULT_SPOOL_THRESHOLD)
         assert self.run_dir is not None, "executor used before start()"
         return encode_payload(payload, self.run_dir, threshold)
-
-    # ---------------------------------------------------------------- filesystem result channel
-    async def _poll_event_files(self, interval: float = 0.1) -> None:
-        events = self.events_run_dir
-        assert events is not None
-        while True:
-            try:
-                names = sorted(events.listdir())
-            except OSError:
-                names = []
-            for name in names:
-                if name.endswith(".event") and not name.startswith("."):
-                    try:
-                        self._read_event_file(events, name)
-                    except Exception:  # one bad file must not stop the channel
-                        log.exception("wove: could not process event file %s", name)
-            await asyncio.sleep(interval)
-
-    def _read_event_file(self, events: spool.RunDir, name: str) -> None:
-        """Same rules as the HTTP receiver; a file whose content is not readable yet stays for the next round."""
-        assert self._gate is not None
-        try:
-            head, _, body = events.read(name).partition(b"\n")
-        except OSError:
-            return
-        try:
-            envelope = protocol_json_loads(head)
-            fields = (str(envelope["run"]), str(envelope["event"]), str(envelope["incarnation"]),
-                      str(envelope["seq"]), str(envelope["signature"]))
-        except (ValueError, KeyError, TypeError):
-            events.remove(name)
-            return
-        status, frame = self._gate.accept(*fields, body)
-        if status == UNAVAILABLE:
-            return
-        events.remove(name)
-        if frame is not None:
-            self._on_verified(frame)
-
-
-def import_path() -> list[str]:
-    """The submitter's import path as absolute directories (the job appends those it can see)."""
-    import sys
-
-    return [os.path.abspath(entry or os.getcwd()) for entry in sys.path if isinstance(entry, str)]
-
-
-def protocol_json_loads(data: bytes) -> Any:
-    import json
-
-    value = json.loads(data)
-    if not isinstance(value, dict):
-        raise ValueError("not an object")
-    return value
-
-
-def encode_payload(payload: dict[str, Any], spool_dir: str | spool.RunDir,
-                   threshold: int = DEFAULT_SPOOL_THRESHOLD) -> str:
-    """Inline base64 JSON when small; otherwise a private spool file and its ``spool:`` reference.
-
-    ``spool_dir`` is the run's ``RunDir`` or its path: the open directory of the live environment at that
-    path, else a directory that must be this user's alone. The file is written relative to the directory's
-    descriptor, never through a symlink.
-    """
-    inline = protocol.encode_inline(payload)
-    if len(inline) <= threshold:
-        return inline
-    import json
-
-    data = json.dumps(payload, separators=(",", ":")).encode()
-    name = spool.payload_name(payload["run_id"])
-    if isinstance(spool_dir, spool.RunDir):
-        return protocol.SPOOL_PREFIX + spool_dir.write_atomic(name, data)
-    run_dir = spool.RunDir.find(os.path.abspath(spool_dir))
-    if run_dir is not None:
-        return protocol.SPOOL_PREFIX + run_dir.write_atomic(name, data)
-    with spool.RunDir.open_private(spool_dir) as checked:
-        return protocol.SPOOL_PREFIX + checked.write_atomic(name, data)
-
 
 def _safe_name(name: str) -> str:
     """A directory name made of ``name``: no separators, nothing hidden."""

@@ -1,0 +1,134 @@
+"""The filesystem result channel: workers write signed event files into the run's ``events`` directory.
+
+For nodes that cannot reach the submitting host (``result_channel="filesystem"``). The poller lists and
+reads files in a thread (a shared filesystem can be slow), then applies the same gate as the HTTP receiver:
+signature first, and decoding of large events (spooled results) in a thread too. A file whose content is not
+readable yet (503) stays for the next round; anything else is deleted once read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+from . import spool
+from .events import BAD_REQUEST, OK, UNAVAILABLE, EventGate
+
+log = logging.getLogger("wove.dispatch")
+
+POLL_SECONDS = 0.1
+OFFLOAD_BYTES = 256 * 1024
+
+
+@dataclass
+class _EventFile:
+    name: str
+    run_id: str
+    event: str
+    incarnation: int
+    seq: int
+    body: bytes
+    status: int = OK
+    decoded: Any = None
+    large: bool = False
+
+
+class FileChannel:
+    """Polls one events directory and hands verified frames to ``on_frame``; stopped by ``stop()``."""
+
+    def __init__(self, events: spool.RunDir, gate: EventGate, on_frame: Callable[[dict[str, Any]], None]):
+        self.events = events
+        self.gate = gate
+        self.on_frame = on_frame
+        self._task: Optional[asyncio.Task[None]] = None
+        self._thread: Optional[concurrent.futures.ThreadPoolExecutor] = None
+
+    def start(self) -> None:
+        self._thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="wove-files")
+        self._task = asyncio.get_running_loop().create_task(self._poll())
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            thread.shutdown(wait=True)
+
+    async def _poll(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            files = await loop.run_in_executor(self._thread, self._read_new)
+            for item in files:
+                try:
+                    await self._apply(item)
+                except Exception:  # one bad file must not stop the channel
+                    log.exception("wove: could not process event file %s", item.name)
+            await asyncio.sleep(POLL_SECONDS)
+
+    def _read_new(self) -> list[_EventFile]:
+        """(Thread) every event file, in name order (a worker's sequence order), read, hashed, authenticated
+        against the gate's keys and only then parsed: all the work that grows with the event's size."""
+        try:
+            names = sorted(self.events.listdir())
+        except OSError:
+            return []
+        files = []
+        for name in names:
+            if not name.endswith(".event") or name.startswith("."):
+                continue
+            try:
+                data = self.events.read(name)
+            except OSError:
+                continue
+            head, _, body = data.partition(b"\n")
+            del data
+            try:
+                envelope = json.loads(head)
+                item = _EventFile(name, str(envelope["run"]), str(envelope["event"]), int(envelope["incarnation"]),
+                                  int(envelope["seq"]), body)
+                signature = str(envelope["signature"])
+            except (ValueError, KeyError, TypeError):
+                files.append(_EventFile(name, "", "", 0, 0, b"", status=BAD_REQUEST))
+                continue
+            item.status = self.gate.authenticate(item.run_id, item.event, str(item.incarnation), str(item.seq),
+                                                 signature, body_digest=hashlib.sha256(body).hexdigest())
+            if item.status == OK:
+                try:
+                    item.decoded = json.loads(body)
+                except (ValueError, UnicodeDecodeError):
+                    item.decoded = None
+                item.large = len(body) > OFFLOAD_BYTES
+            item.body = b""
+            files.append(item)
+        return files
+
+    async def _apply(self, item: _EventFile) -> None:
+        name, run_id, incarnation, seq = item.name, item.run_id, item.incarnation, item.seq
+        gate = self.gate
+        status = item.status
+        frame = None
+        if status == OK:
+            status, frame = gate.parse(run_id, item.event, incarnation, seq, None, item.decoded)
+        if frame is not None and status == OK and not frame.get("late"):
+            try:
+                if item.large or "result_ref" in frame:
+                    frame = await asyncio.get_running_loop().run_in_executor(self._thread, gate.unpack, frame)
+                else:
+                    frame = gate.unpack(frame)
+            except OSError:
+                gate.count_rejection(UNAVAILABLE)
+                return   # not readable yet: the file stays for the next round
+            except (ValueError, TypeError):
+                frame = None
+            gate.commit(run_id, incarnation, seq)
+        self.events.remove(name)
+        if frame is not None:
+            self.on_frame(frame)
+

@@ -1,0 +1,150 @@
+"""Payloads: what one remote run needs (function, arguments, where to report), built off the event loop.
+
+A payload is the JSON object ``python -m wove.backend_worker`` executes. Small ones travel inline (base64
+JSON in ``WOVE_BACKEND_PAYLOAD``); large ones as a private spool file referenced by ``spool:<path>``. A
+large function or argument pickle is written raw (no base64) to a file of its own in the run's directory,
+and the payload's ``callable_pickle`` / ``args_pickle`` field holds ``spool:<path>`` instead of base64, so
+the payload itself stays small. Pickling, and writing those files, happen in a thread: a 50 MB argument
+never stalls the weave's event loop (only small map items, whose function pickle is cached, are built on
+the loop, where a thread hop would cost more than the work).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import json
+import os
+import sys
+from collections.abc import Mapping
+from typing import Any, Callable, Optional
+
+from ..errors import MissingDispatchFeatureError
+from . import protocol, spool
+
+DEFAULT_SPOOL_THRESHOLD = 64 * 1024
+#: Raw pickles above this size get a spool file of their own instead of riding in the payload.
+SEPARATE_PICKLE_BYTES = 64 * 1024
+_SMALL_VALUE = 4096   # a str/bytes argument this short keeps a map item on the loop
+_SCALARS = (type(None), bool, int, float, complex)
+
+
+def cloudpickle_module(feature: str = "sending tasks to another process") -> Any:
+    try:
+        import cloudpickle
+    except ImportError:
+        raise MissingDispatchFeatureError(feature) from None
+    return cloudpickle
+
+
+def import_path() -> list[str]:
+    """The submitter's import path as absolute directories (the job appends those it can see)."""
+    return [os.path.abspath(entry or os.getcwd()) for entry in sys.path if isinstance(entry, str)]
+
+
+def args_name(run_id: str) -> str:
+    return f"{run_id}.args"
+
+
+def callable_name(run_id: str) -> str:
+    return f"{run_id}.callable"
+
+
+def _small(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> bool:
+    """Arguments cheap enough to pickle on the event loop (no thread hop)."""
+    for value in (*args, *kwargs.values()):
+        if isinstance(value, _SCALARS):
+            continue
+        if isinstance(value, (str, bytes)) and len(value) <= _SMALL_VALUE:
+            continue
+        return False
+    return True
+
+
+class PayloadBuilder:
+    """Builds the payloads of one environment run; owns the thread that pickles large ones."""
+
+    def __init__(self, static: dict[str, Any], run_dir: spool.RunDir, *, post_timeout: Optional[float] = None):
+        self.static = static
+        self.run_dir = run_dir
+        self.post_timeout = post_timeout
+        self._callables: dict[int, tuple[Callable[..., Any], str]] = {}
+        self._thread: Optional[concurrent.futures.ThreadPoolExecutor] = None
+
+    async def build(self, *, run_id: str, task_id: Optional[str], task_name: Optional[str],
+                    func: Callable[..., Any], args: tuple[Any, ...], kwargs: Mapping[str, Any],
+                    delivery: Mapping[str, Any], mapped: bool) -> dict[str, Any]:
+        """The payload for one run: pickled on the loop when tiny, else in this builder's thread."""
+        cached = self._callables.get(id(func)) if mapped else None
+        if cached is not None and cached[0] is func and _small(args, kwargs):
+            return self._assemble(run_id, task_id, task_name, func, args, kwargs, delivery, mapped)
+        if self._thread is None:
+            self._thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="wove-payload")
+        return await asyncio.get_running_loop().run_in_executor(
+            self._thread, self._assemble, run_id, task_id, task_name, func, args, kwargs, delivery, mapped)
+
+    def _assemble(self, run_id: str, task_id: Optional[str], task_name: Optional[str], func: Callable[..., Any],
+                  args: tuple[Any, ...], kwargs: Mapping[str, Any], delivery: Mapping[str, Any],
+                  mapped: bool) -> dict[str, Any]:
+        cloudpickle = cloudpickle_module()
+        if mapped:
+            # The items of one mapped task share their function: pickle it once (a map of 5,000 items
+            # would otherwise spend most of its submission time pickling the same function).
+            cached = self._callables.get(id(func))
+            if cached is None or cached[0] is not func:
+                cached = self._callables[id(func)] = (func, self._field(cloudpickle.dumps(func), f"{id(func)}.fn"))
+            callable_field = cached[1]
+        else:
+            callable_field = self._field(cloudpickle.dumps(func), callable_name(run_id))
+        delivery = dict(delivery)
+        if self.post_timeout:
+            delivery["post_timeout"] = self.post_timeout
+        return {
+            **self.static,
+            "run_id": run_id,
+            "task_id": task_id,
+            "task_name": task_name,
+            "callable_pickle": callable_field,
+            "args_pickle": self._field(cloudpickle.dumps((tuple(args), dict(kwargs))), args_name(run_id)),
+            "delivery": delivery,
+            "signing": {"alg": "hmac-sha256", "key": protocol.new_key()},
+        }
+
+    def _field(self, data: bytes, name: str) -> str:
+        """Base64 of ``data``, or, when large, ``spool:<path>`` of a raw private file holding it."""
+        if len(data) <= SEPARATE_PICKLE_BYTES:
+            return protocol.b64encode(data)
+        return protocol.SPOOL_PREFIX + self.run_dir.write_atomic(name, data)
+
+    def forget(self, run_id: str) -> None:
+        """A run ended: delete its separate pickle files (a shared map function's file stays until close)."""
+        for name in (args_name(run_id), callable_name(run_id)):
+            self.run_dir.remove(name)
+
+    def close(self) -> None:
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            thread.shutdown(wait=True)
+        self._callables.clear()
+
+
+def encode_payload(payload: dict[str, Any], spool_dir: str | spool.RunDir,
+                   threshold: int = DEFAULT_SPOOL_THRESHOLD) -> str:
+    """Inline base64 JSON when small; otherwise a private spool file and its ``spool:`` reference.
+
+    ``spool_dir`` is the run's ``RunDir`` or its path: the open directory of the live environment at that
+    path, else a directory that must be this user's alone. The file is written relative to the directory's
+    descriptor, never through a symlink.
+    """
+    inline = protocol.encode_inline(payload)
+    if len(inline) <= threshold:
+        return inline
+    data = json.dumps(payload, separators=(",", ":")).encode()
+    name = spool.payload_name(payload["run_id"])
+    if isinstance(spool_dir, spool.RunDir):
+        return protocol.SPOOL_PREFIX + spool_dir.write_atomic(name, data)
+    run_dir = spool.RunDir.find(os.path.abspath(spool_dir))
+    if run_dir is not None:
+        return protocol.SPOOL_PREFIX + run_dir.write_atomic(name, data)
+    with spool.RunDir.open_private(spool_dir) as checked:
+        return protocol.SPOOL_PREFIX + checked.write_atomic(name, data)
