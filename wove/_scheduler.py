@@ -5,6 +5,9 @@ delays the tasks that actually need its value. Sync functions run in the weave's
 the loop, remote ones through their environment's executor. Every asyncio task and remote run the scheduler
 starts is finished or cancelled before ``run()`` returns, on every exit path; the one thing Python cannot
 cancel is a sync function already running in a thread, which is left to return on its own.
+
+One call with its retries and per-attempt timeout is ``_call``; mapped tasks (items, ``workers``,
+``limit_per_minute``) are ``_mapping``.
 """
 
 from __future__ import annotations
@@ -15,11 +18,13 @@ import functools
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
-from . import _config
-from ._graph import DATA_NAME, MapFrom, Plan, TaskSpec
+from . import _call, _config, _mapping
+from ._call import RemoteCall as RemoteCall  # (re-exported: it was defined here)
+from ._graph import DATA_NAME, Plan, TaskSpec
+from ._mapping import ITEM
+from ._mapping import binder as _binder  # noqa: F401  (re-exported: wove._merge imports it from here)
 from ._result import WoveResult
 
 _current_runtime: contextvars.ContextVar[Optional[Runtime]] = contextvars.ContextVar(
@@ -36,38 +41,6 @@ def current_runtime() -> Optional[Runtime]:
     if runtime is None:
         runtime = getattr(_thread_state, "runtime", None)
     return runtime
-
-
-@dataclass
-class RemoteCall:
-    """What an environment needs to run one attempt of one task (or one item of a mapped task)."""
-
-    task_name: str
-    func: Callable[..., Any]
-    args: tuple[Any, ...]
-    kwargs: dict[str, Any]
-    settings: dict[str, Any]
-    map_index: Optional[int] = None
-    attempt: int = 0
-    records: list[Any] = field(default_factory=list)
-    resources: Optional[dict[str, Any]] = None
-    group: Optional[str] = None  # calls with the same group that become ready together may share a job
-
-
-class _RateLimiter:
-    """Spaces launches evenly so that at most ``per_minute`` start in any minute."""
-
-    def __init__(self, per_minute: float):
-        self._interval = 60.0 / per_minute
-        self._next = 0.0
-
-    async def wait(self) -> None:
-        loop = asyncio.get_running_loop()
-        now = loop.time()
-        slot = max(now, self._next)
-        self._next = slot + self._interval
-        if slot > now:
-            await asyncio.sleep(slot - now)
 
 
 class Runtime:
@@ -261,7 +234,7 @@ class Runtime:
                 direct = self._plain_direct = (settings["retries"] == 0 and settings["timeout"] is None
                                                and self.is_local(environment))
         if spec.map_source is not None:
-            awaitable = self._run_mapped(spec, list(args), kwargs, settings, environment)
+            awaitable = _mapping.run_mapped(self, spec, list(args), kwargs, settings, environment)
         elif direct:
             if not spec.is_async:
                 future = self.loop.run_in_executor(self.pool(), functools.partial(spec.func, *args, **kwargs))
@@ -360,158 +333,12 @@ class Runtime:
     # ------------------------------------------------------------------ one task, with options
     async def _run_one(self, spec: TaskSpec, args: list[Any], kwargs: dict[str, Any],
                        settings: dict[str, Any], environment: str) -> Any:
-        return await self.call(spec.name, spec.func, spec.is_async, tuple(args), kwargs, settings,
-                               environment, resources=spec.options.get("resources"))
+        return await _call.call(self, spec.name, spec.func, spec.is_async, tuple(args), kwargs, settings,
+                                environment, resources=spec.options.get("resources"))
 
-    async def call(self, name: str, func: Callable[..., Any], is_async: bool, args: tuple[Any, ...],
-                   kwargs: dict[str, Any], settings: dict[str, Any], environment: str, *,
-                   map_index: Optional[int] = None, resources: Optional[dict[str, Any]] = None,
-                   group: Optional[str] = None, pool: Optional[ThreadPoolExecutor] = None) -> Any:
-        """Run one call with the task's retries and per-attempt timeout, wherever its environment says."""
-        remote = await self.environment(environment)
-        retries, timeout = settings["retries"], settings["timeout"]
-        records = self.result._jobs.setdefault(name, []) if remote is not None else None
-        attempt = 0
-        while True:
-            if remote is None:
-                if is_async:
-                    awaitable = func(*args, **kwargs)
-                else:
-                    awaitable = self.loop.run_in_executor(pool or self.pool(),
-                                                          functools.partial(func, *args, **kwargs))
-            else:
-                awaitable = remote.run(RemoteCall(
-                    name, func, args, kwargs, settings, map_index=map_index, attempt=attempt,
-                    records=records, resources=resources, group=group))
-            try:
-                if timeout is None:
-                    return await awaitable
-                try:
-                    return await asyncio.wait_for(awaitable, timeout)
-                except asyncio.TimeoutError as exc:
-                    where = f"item {map_index} of task {name!r}" if map_index is not None else f"task {name!r}"
-                    raise asyncio.TimeoutError(
-                        f"{where} timed out after {timeout}s (attempt {attempt + 1} of {retries + 1})"
-                    ) from exc
-            except Exception as exc:
-                if attempt >= retries:
-                    raise
-                attempt += 1
-                if remote is not None:
-                    resources = remote.adjust_for_retry(exc, resources, settings)
-
-    # ------------------------------------------------------------------ mapped tasks
-    def _map_items(self, spec: TaskSpec) -> list[Any]:
-        source = spec.map_source
-        if isinstance(source, MapFrom):
-            value = self._values[source.name]
-            origin = f"{source.name!r}"
-        else:
-            value = source
-            origin = "the iterable given to w.do()"
-        if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
-            raise TypeError(
-                f"mapped task {spec.name!r} needs an iterable to map over, but {origin} is "
-                f"{type(value).__name__} {_short(value)}")
-        items = list(value)
-        if self.max_pending is not None and len(items) > self.max_pending:
-            raise RuntimeError(
-                f"mapped task {spec.name!r} has {len(items)} items, more than max_pending={self.max_pending}; "
-                "raise max_pending or split the input")
-        return items
-
-    async def _run_mapped(self, spec: TaskSpec, args: list[Any], kwargs: dict[str, Any],
-                          settings: dict[str, Any], environment: str) -> list[Any]:
-        items = self._map_items(spec)
-        if not items:
-            return []
-        bind = _binder(spec.item_param, args, kwargs)
-        simple = (self.is_local(environment) and settings["retries"] == 0 and settings["timeout"] is None
-                  and settings["workers"] is None and settings["limit_per_minute"] is None)
-        if simple and not spec.is_async:
-            return await self._map_sync_fast(spec.func, bind, items)
-        if simple:
-            func = spec.func
-            if spec.item_first:
-                coros = [func(item, **kwargs) for item in items]
-            else:
-                coros = []
-                for item in items:
-                    item_args, item_kwargs = bind(item)
-                    coros.append(func(*item_args, **item_kwargs))
-            return await _gather_or_cancel([self.loop.create_task(c) for c in coros])
-        return await self.call_each(spec.name, spec.func, spec.is_async, items, bind, settings, environment,
-                                    spec.options.get("resources"))
-
-    async def call_each(self, name: str, func: Callable[..., Any], is_async: bool, items: list[Any],
-                        bind: Callable[[Any], tuple[tuple[Any, ...], dict[str, Any]]],
-                        settings: dict[str, Any], environment: str,
-                        resources: Optional[dict[str, Any]] = None,
-                        pool: Optional[ThreadPoolExecutor] = None) -> list[Any]:
-        """One ``call`` per item (``bind(item)`` gives its arguments), honouring ``workers`` and
-        ``limit_per_minute``; results in input order."""
-        workers = settings["workers"]
-        remote = await self.environment(environment)
-        native = remote is not None and remote.handles_workers(len(items), settings)  # e.g. Slurm's %N
-        semaphore = asyncio.Semaphore(workers) if workers and not native else None
-        limiter = _RateLimiter(settings["limit_per_minute"]) if settings["limit_per_minute"] else None
-
-        async def one(index: int, item: Any) -> Any:
-            call_args, call_kwargs = bind(item)
-            if semaphore is not None:
-                await semaphore.acquire()
-            try:
-                if limiter is not None:
-                    await limiter.wait()
-                return await self.call(name, func, is_async, call_args, call_kwargs, settings, environment,
-                                       map_index=index, resources=resources, group=name, pool=pool)
-            finally:
-                if semaphore is not None:
-                    semaphore.release()
-
-        return await _gather_or_cancel([self.loop.create_task(one(i, item)) for i, item in enumerate(items)])
-
-    async def _map_sync_fast(self, func: Callable[..., Any], bind: Callable[[Any], Any], items: list[Any]) -> list[Any]:
-        """Thread-pool fan-out with one loop wake-up for the whole map instead of one per item."""
-        loop = self.loop
-        waiter: asyncio.Future[None] = loop.create_future()
-        lock = threading.Lock()
-        left = [len(items)]
-
-        def finish(error: Optional[BaseException]) -> None:
-            if not waiter.done():
-                if error is None:
-                    waiter.set_result(None)
-                else:
-                    waiter.set_exception(error)
-
-        def on_done(cf: Any) -> None:
-            if cf.cancelled():
-                return
-            error = cf.exception()
-            if error is not None:
-                loop.call_soon_threadsafe(finish, error)
-                return
-            with lock:
-                left[0] -= 1
-                last = left[0] == 0
-            if last:
-                loop.call_soon_threadsafe(finish, None)
-
-        submit = self.pool().submit
-        futures = []
-        for item in items:
-            item_args, item_kwargs = bind(item)
-            cf = submit(func, *item_args, **item_kwargs)
-            cf.add_done_callback(on_done)
-            futures.append(cf)
-        try:
-            await waiter
-        except BaseException:
-            for cf in futures:
-                cf.cancel()
-            raise
-        return [cf.result() for cf in futures]
+    # One call with its retries and timeout, and one call per item of a map; merge() uses both.
+    call = _call.call
+    call_each = _mapping.call_each
 
     # ------------------------------------------------------------------ teardown
     async def _close_environments(self) -> None:
@@ -528,30 +355,6 @@ class Runtime:
             raise errors[0]
 
 
-ITEM = object()   # where a positional-only item parameter goes in a mapped task's arguments
-
-
-def _binder(item_param: Optional[str], args: Any, kwargs: dict[str, Any]) -> Callable[[Any], Any]:
-    """``item -> (args, kwargs)`` for one item of a mapped call (keyword, positional-only, or appended)."""
-    args = tuple(args)
-    if item_param is None:                       # merge(fn, items): fn(item)
-        return lambda item: ((*args, item), kwargs)
-    if ITEM in args:                             # a positional-only item parameter
-        return lambda item: (tuple(item if a is ITEM else a for a in args), kwargs)
-    return lambda item: (args, {**kwargs, item_param: item})
-
-
-async def _gather_or_cancel(tasks: list[asyncio.Task[Any]]) -> list[Any]:
-    """Gather in order; on the first failure (or our own cancellation) cancel and await the rest."""
-    try:
-        return await asyncio.gather(*tasks)
-    except BaseException:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        raise
-
-
 def _failed_future(loop: asyncio.AbstractEventLoop, exc: BaseException) -> asyncio.Future[Any]:
     future = loop.create_future()
     future.set_exception(exc)
@@ -565,7 +368,3 @@ def _is_local(executor: Any) -> bool:
     from .executors.local import LocalExecutor
     return isinstance(executor, LocalExecutor)
 
-
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."

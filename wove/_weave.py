@@ -1,14 +1,15 @@
 """The ``weave`` context manager, ``@w.do`` and ``Weave`` templates.
 
 The body of a ``with weave()`` block only registers tasks. At block exit the graph is planned and handed
-to the scheduler; if the body raised, nothing runs and that exception propagates untouched.
+to the scheduler; if the body raised, nothing runs and that exception propagates untouched. A sync block
+runs the scheduler through ``_runner``; options are checked by ``_options``; ``debug=True`` prints the
+reports of ``_report``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextvars
-import inspect
 import sys
 import threading
 import time
@@ -16,88 +17,24 @@ from typing import Any, Callable, Optional, TypeVar, Union
 
 from . import _config
 from ._graph import DATA_NAME, MapFrom, Plan, TaskSpec, is_async_callable, parameters, plan
+from ._options import validate_resources, validate_task_options
+from ._report import debug_report, jobs_report
 from ._result import RESERVED_NAMES, WoveResult
+from ._runner import call_on_done, run_sync
 from ._scheduler import Runtime
 from .errors import (
     InvalidTypeError,
-    InvalidValueError,
     MapSourceError,
     ReservedNameError,
     TaskDefinitionError,
     TemplateError,
     WaitTimeoutError,
     WeaveStateError,
-    WoveError,
 )
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-#: Options ``@w.do`` accepts besides the map source.
-TASK_OPTIONS = (*_config.TASK_SETTINGS, "environment", "resources")
-
 _building_template: contextvars.ContextVar[bool] = contextvars.ContextVar("wove_template", default=False)
-
-
-# wove 2.0.3's words for `workers` / `limit_per_minute` on a task that is not mapped (from @w.do, from merge)
-_MAPPED_ONLY = ("The 'workers' and 'limit_per_minute' parameters can only be used with mapped tasks "
-                "(e.g., @w.do(iterable, ...)).")
-_MAPPED_ONLY_MERGE = ("The 'workers' and 'limit_per_minute' parameters can only be used with mapped tasks "
-                      "(e.g., @w.do(iterable, ...) or merge(func, iterable, ...)).")
-
-
-def validate_task_options(options: dict[str, Any], *, mapped: bool, name: str = "",
-                          caller: str = "do") -> dict[str, Any]:
-    """Check ``@w.do`` / ``merge`` options; raise with the valid names or forms.
-
-    ``caller`` is ``"do"`` or ``"merge"``: the function whose keyword arguments these are.
-    """
-    where = f"task {name!r}: " if name else ""
-    for key, value in options.items():
-        if key not in TASK_OPTIONS:
-            # Python's words for an unknown keyword (wove 2.0.3's do() and merge() had explicit keywords)
-            raise InvalidTypeError(f"{caller}() got an unexpected keyword argument '{key}': {where}"
-                                   + _config.unknown_key_message("task option", key, TASK_OPTIONS))
-        if key == "environment":
-            _config._environment_name(key, value)
-        elif key == "resources":
-            if value is not None and not isinstance(value, dict):
-                raise InvalidValueError(f"{where}resources must be a dict such as {{'mem': '2G', 'time': '10:00'}}, "
-                                        f"got {value!r}")
-        else:
-            _config.validate_setting(key, value)
-    if options.get("delivery_max_in_flight") is not None:
-        raise InvalidValueError(f"{where}delivery_max_in_flight caps an environment's remote runs as a whole; set "
-                                "it on the environment, the weave or wove.config(), not on one task")
-    if not mapped:
-        for key in ("workers", "limit_per_minute"):
-            if options.get(key) is not None:
-                lead = _MAPPED_ONLY_MERGE if caller == "merge" else _MAPPED_ONLY
-                raise InvalidValueError(f"{lead} {where}{key}={options[key]!r} is set on a task that is not "
-                                        "mapped (@w.do(iterable) or @w.do('upstream')); remove it or map the task")
-    return options
-
-
-def validate_resources(resolver: _config.Resolver, options: dict[str, Any], where: str) -> dict[str, Any]:
-    """Check ``resources=`` against the executor of the environment the task runs in, before anything runs."""
-    environment = resolver.environment_name(options.get("environment"))
-    resolver.check_environment(environment, where)   # an unknown name is a NameError here, not a KeyError
-    executor = resolver.environments[environment]["executor"]
-    if isinstance(executor, str):
-        executor = _config.executor_class(executor)
-    check = getattr(executor, "validate_resources", None)
-    if check is None:
-        raise InvalidValueError(f"{where}: resources={options['resources']!r} only apply to environments whose "
-                                f"executor schedules resources (such as 'slurm'); environment {environment!r} "
-                                f"runs tasks with "
-                                f"{executor if isinstance(executor, str) else type(executor).__name__}")
-    try:
-        return check(options["resources"], where)
-    except WoveError:
-        raise
-    except ValueError as exc:   # the executor's own check: make it one of wove's errors, same words
-        raise InvalidValueError(str(exc)) from exc
-    except TypeError as exc:
-        raise InvalidTypeError(str(exc)) from exc
 
 
 def _split_do_arguments(args: tuple[Any, ...]) -> tuple[Any, Optional[Callable[..., Any]]]:
@@ -351,7 +288,7 @@ class WeaveContext:
         if self._start_background(runtime):
             return None
         try:
-            _run_sync(runtime.run())
+            run_sync(runtime.run())
         finally:
             self._report_jobs()
         self._raise_if_failed()
@@ -396,114 +333,6 @@ class WeaveContext:
         self._thread = threading.Thread(target=target, name="wove-background", daemon=False)
         self._thread.start()
         return True
-
-
-async def _await(awaitable: Any) -> Any:
-    return await awaitable
-
-
-def call_on_done(on_done: Optional[Callable[[WoveResult], Any]], result: WoveResult) -> None:
-    """Call a sync or async ``on_done`` from a thread without an event loop (background and fork)."""
-    if on_done is not None:
-        outcome = on_done(result)
-        if inspect.isawaitable(outcome):
-            asyncio.run(_await(outcome))
-
-
-def _run_sync(coro: Any) -> Any:
-    """Run ``coro`` to completion from sync code, even when this thread already runs an event loop."""
-    try:
-        asyncio.get_running_loop()
-        in_loop = True
-    except RuntimeError:
-        in_loop = False
-    if not in_loop:  # (outside the except block, so task errors carry no "no running event loop" context)
-        return asyncio.run(coro)
-    # Jupyter, or a sync helper called from an async handler: run on a private loop in a helper thread.
-    box: dict[str, Any] = {}
-    started = threading.Event()
-
-    async def main() -> Any:
-        box["loop"], box["task"] = asyncio.get_running_loop(), asyncio.current_task()
-        started.set()
-        return await coro
-
-    def target() -> None:
-        try:
-            box["value"] = asyncio.run(main())
-        except BaseException as exc:
-            box["error"] = exc
-        finally:
-            started.set()
-
-    def stop_helper() -> None:
-        started.wait()
-        if "task" in box and not box["loop"].is_closed():
-            box["loop"].call_soon_threadsafe(box["task"].cancel)
-        thread.join()
-
-    outer = asyncio.current_task()   # the task whose sync code called us, if any
-    thread = threading.Thread(target=target, name="wove-sync-weave")
-    thread.start()
-    try:
-        while thread.is_alive():
-            thread.join(0.05)
-            # asyncio.run() turns Ctrl-C into a cancel of its main task, which cannot interrupt this join:
-            # notice it, and cancel the weave too.
-            if outer is not None and _cancel_requested(outer):
-                stop_helper()
-                raise asyncio.CancelledError()
-    except BaseException:
-        # Ctrl-C as KeyboardInterrupt (Jupyter, plain threads): cancel the weave there, so its tasks and
-        # remote jobs are cancelled and cleaned up before we re-raise.
-        stop_helper()
-        raise
-    if "error" in box:
-        raise box["error"]
-    return box.get("value")
-
-
-def _cancel_requested(task: asyncio.Task[Any]) -> bool:
-    cancelling = getattr(task, "cancelling", None)   # Python 3.11+
-    if cancelling is not None:
-        return bool(cancelling())
-    return bool(getattr(task, "_must_cancel", False))
-
-
-def debug_report(planned: Plan, resolver: _config.Resolver, init_data: dict[str, Any]) -> str:
-    lines = ["--- wove debug report ---", f"init values: {', '.join(init_data) or 'none'}", "tasks:"]
-    for name, spec in planned.tasks.items():
-        env = resolver.environment_name(spec.options.get("environment"))
-        kind = "async" if spec.is_async else "sync"
-        if spec.mapped:
-            source = spec.map_source.name if isinstance(spec.map_source, MapFrom) else "iterable"
-            kind += f", mapped over {source}"
-        lines.append(f"  {name} ({kind}, environment {env!r})")
-        lines.append(f"    depends on: {', '.join(planned.dependencies[name]) or '-'}")
-        lines.append(f"    needed by:  {', '.join(planned.dependents[name]) or '-'}")
-        if spec.options:
-            lines.append(f"    options:    {', '.join(f'{k}={v!r}' for k, v in spec.options.items())}")
-    lines.append("plan (dependency levels; each task starts as soon as its own inputs are ready):")
-    for level, tier in enumerate(planned.tiers):
-        lines.append(f"  level {level}: {', '.join(tier)}")
-    return "\n".join(lines)
-
-
-def jobs_report(result: WoveResult) -> str:
-    """The remote runs behind each task (job ids, states, nodes, queue wait and run time)."""
-    lines = ["--- wove remote runs ---"]
-    for name, records in result._jobs.items():
-        lines.append(f"  {name}: {len(records)} run(s)")
-        for record in records[:50]:
-            where = f"item {record.map_index} " if record.map_index is not None else ""
-            wait = f"{record.queue_wait:.2f}s" if record.queue_wait is not None else "-"
-            ran = f"{record.run_time:.2f}s" if record.run_time is not None else "-"
-            reason = f" reason={record.reason}" if record.reason and record.reason != "None" else ""
-            lines.append(f"    {where}job {record.job_id or '-'} attempt {record.attempt} {record.state} "
-                         f"node={record.node or '-'} queue_wait={wait} run_time={ran}{reason}")
-        if len(records) > 50:
-            lines.append(f"    ... {len(records) - 50} more")
-    return "\n".join(lines)
 
 
 def weave(parent: Optional[type[Weave]] = None, *, debug: bool = False, environment: Optional[str] = None,

@@ -5,13 +5,14 @@ port can connect, so the server gives unauthenticated clients as little as possi
 
 - every read has a deadline (headers ``HEAD_SECONDS``, bodies ``BODY_SECONDS`` plus a minimum rate);
 - a request head is at most ``MAX_HEAD_BYTES`` and ``MAX_HEADERS`` lines, parsed strictly (no
-  ``Transfer-Encoding``, exactly one all-digit ``Content-Length``), else 400/431 and close;
+  ``Transfer-Encoding``, exactly one all-digit ``Content-Length``), else 400/431 and close (``http``);
 - 404 (wrong path), 413 (over the body limit), 401/403/409 (unsigned, unknown run, replay) are answered
   from the head alone and the connection closed: their bodies are never read;
 - bodies are small (``DEFAULT_MAX_BODY``; larger results travel through the spool), hashed as they
-  stream in, one at a time per run, and within a total budget (``MAX_BUFFERED``);
-- connections are capped below the process's descriptor limit and per peer; at the cap the oldest idle
-  connection is dropped instead of refusing the new one; accept errors are logged once a second at most.
+  stream in, one at a time per run, and within a total budget (``MAX_BUFFERED``; ``limits``);
+- connections are capped below the process's descriptor limit (``limits``) and per peer; at the cap the
+  oldest idle connection is dropped instead of refusing the new one; accept errors are logged once a second
+  at most.
 
 Authentic events are decoded (unpickled) only after their signature checks out, large ones in a thread.
 """
@@ -21,83 +22,28 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import errno
-import hashlib
 import hmac
-import json
 import logging
 import socket
 import time
-from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 from . import protocol
 from .events import BAD_REQUEST, NOT_FOUND, OK, TOO_LARGE, UNAVAILABLE, EventGate
+from .http import MAX_HEAD_BYTES, REASONS, BadRequest, parse_head, read_body, respond
+from .limits import ByteBudget, RunSlot, descriptor_budget
 
 log = logging.getLogger("wove.dispatch")
 
 DEFAULT_MAX_BODY = 4 * 1024 * 1024   # larger results are written to the spool and referenced (signed digest)
 MAX_BUFFERED = 16 * 1024 * 1024      # bodies of all connections held in memory at once
-MAX_HEAD_BYTES = 8 * 1024
-MAX_HEADERS = 100
 HEAD_SECONDS = 30.0                  # a client silent this long (between or inside request heads) is dropped
 BODY_SECONDS = 10.0                  # plus the time the body needs at BODY_BYTES_PER_SECOND
 BODY_BYTES_PER_SECOND = 1024 * 1024
-MAX_CONNECTIONS = 4096               # ceiling; the real cap also stays well below RLIMIT_NOFILE
 SLOT_WAIT_SECONDS = 10.0             # longest wait for a run's body slot or the memory budget, then 503
 OFFLOAD_BYTES = 256 * 1024           # bodies above this (and spooled results) are decoded in a thread
 PATH_PREFIX = "/wove/events/"
-_REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
-            409: "Conflict", 413: "Payload Too Large", 431: "Request Header Fields Too Large",
-            503: "Service Unavailable"}
-_TOKEN_CHARS = frozenset(b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
-_DIGITS = frozenset(b"0123456789")
-
-
-class BadRequest(Exception):
-    """A request head that is malformed or ambiguous; answered with ``status`` and the connection closed."""
-
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
-
-
-@dataclass
-class Request:
-    method: str
-    target: str
-    keep_alive: bool
-    length: int
-    headers: dict[str, str]
-
-
-def parse_head(head: bytes) -> Request:
-    """Parse a request head strictly (RFC 9112): anything a proxy could read differently is refused."""
-    lines = head[:-4].split(b"\r\n") if head.endswith(b"\r\n\r\n") else head.split(b"\r\n")
-    if len(lines) - 1 > MAX_HEADERS:
-        raise BadRequest(431, f"more than {MAX_HEADERS} header lines")
-    parts = lines[0].split(b" ")
-    if len(parts) != 3 or not parts[0] or not parts[1] or parts[2] not in (b"HTTP/1.1", b"HTTP/1.0"):
-        raise BadRequest(BAD_REQUEST, "malformed request line")
-    headers: dict[str, str] = {}
-    for line in lines[1:]:
-        name, colon, value = line.partition(b":")
-        if not colon or not name or not set(name) <= _TOKEN_CHARS:   # also refuses obs-fold and "Name :"
-            raise BadRequest(BAD_REQUEST, "malformed header line")
-        key = name.decode("ascii").lower()
-        if key in headers and key in ("content-length", "host", protocol.H_RUN, protocol.H_EVENT, protocol.H_SEQ,
-                                      protocol.H_INCARNATION, protocol.H_SIGNATURE):
-            raise BadRequest(BAD_REQUEST, f"duplicate {key} header")
-        headers[key] = value.strip(b" \t").decode("latin-1")
-    if "transfer-encoding" in headers:
-        raise BadRequest(BAD_REQUEST, "transfer-encoding is not supported; send a content-length")
-    text = headers.get("content-length", "0")
-    if not text or not set(text.encode("latin-1")) <= _DIGITS or len(text) > 18:
-        raise BadRequest(BAD_REQUEST, "content-length must be one decimal number")
-    version = parts[2].decode()
-    connection = headers.get("connection", "").lower()
-    keep_alive = connection != "close" if version == "HTTP/1.1" else connection == "keep-alive"
-    return Request(parts[0].decode("latin-1"), parts[1].decode("latin-1"), keep_alive, int(text), headers)
 
 
 @dataclass(eq=False)
@@ -106,84 +52,6 @@ class _Connection:
     writer: asyncio.StreamWriter
     task: Optional[asyncio.Task[None]] = None
     idle_since: Optional[float] = None   # monotonic time it began waiting for a request head; None while busy
-
-
-class _ByteBudget:
-    """Bytes of request bodies held in memory at once; waiters are served in arrival order."""
-
-    def __init__(self, capacity: int):
-        self.capacity = capacity
-        self.used = 0
-        self._waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
-
-    async def acquire(self, size: int, timeout: float) -> bool:
-        if not self._waiters and self.used + size <= self.capacity:
-            self.used += size
-            return True
-        waiter = asyncio.get_running_loop().create_future()
-        entry = (size, waiter)
-        self._waiters.append(entry)
-        try:
-            await asyncio.wait_for(asyncio.shield(waiter), timeout)
-        except asyncio.TimeoutError:
-            pass
-        except BaseException:   # the connection went away while waiting
-            if waiter.done() and not waiter.cancelled():
-                self.release(size)
-            else:
-                self._withdraw(entry)
-            raise
-        if waiter.done() and not waiter.cancelled():
-            return True
-        self._withdraw(entry)
-        return False
-
-    def _withdraw(self, entry: tuple[int, asyncio.Future[None]]) -> None:
-        entry[1].cancel()
-        try:
-            self._waiters.remove(entry)
-        except ValueError:
-            pass
-        self._wake()
-
-    def release(self, size: int) -> None:
-        self.used -= size
-        self._wake()
-
-    def _wake(self) -> None:
-        while self._waiters and self.used + self._waiters[0][0] <= self.capacity:
-            size, waiter = self._waiters.popleft()
-            if not waiter.done():
-                self.used += size
-                waiter.set_result(None)
-
-
-class _RunSlot:
-    """One run's turn to have a body read, taken in arrival order."""
-
-    __slots__ = ("turn", "users")
-
-    def __init__(self) -> None:
-        self.turn = _ByteBudget(1)
-        self.users = 0
-
-
-def _descriptor_budget() -> int:
-    """Raise the soft descriptor limit to the hard one; return a connection cap well below it."""
-    try:
-        import resource
-    except ImportError:  # not on this platform
-        return 256
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard != resource.RLIM_INFINITY and soft != hard:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-            soft = hard
-        except (OSError, ValueError):
-            pass
-    if soft == resource.RLIM_INFINITY:
-        return MAX_CONNECTIONS
-    return max(16, min(MAX_CONNECTIONS, soft // 4))
 
 
 class CallbackReceiver:
@@ -204,8 +72,8 @@ class CallbackReceiver:
         self._acceptor: Optional[asyncio.Task[None]] = None
         self._connections: set[_Connection] = set()
         self._per_peer: dict[str, int] = {}
-        self._slots: dict[str, _RunSlot] = {}
-        self._budget = _ByteBudget(MAX_BUFFERED)
+        self._slots: dict[str, RunSlot] = {}
+        self._budget = ByteBudget(MAX_BUFFERED)
         self._decoder: Optional[concurrent.futures.ThreadPoolExecutor] = None
         self._last_accept_log = 0.0
         self.accepted = 0
@@ -217,7 +85,7 @@ class CallbackReceiver:
 
     async def start(self) -> None:
         if self.max_connections is None:
-            self.max_connections = _descriptor_budget()
+            self.max_connections = descriptor_budget()
         if self.max_per_peer is None:
             self.max_per_peer = max(8, self.max_connections // 2)
         loop = asyncio.get_running_loop()
@@ -361,24 +229,24 @@ class CallbackReceiver:
         except asyncio.IncompleteReadError:
             return False
         except asyncio.LimitOverrunError:
-            await self._respond(writer, 431, f"request head larger than {MAX_HEAD_BYTES} bytes", close=True)
+            await respond(writer, 431, f"request head larger than {MAX_HEAD_BYTES} bytes", close=True)
             return False
         conn.idle_since = None
         try:
             request = parse_head(head)
         except BadRequest as bad:
             self.gate.count_rejection(bad.status)
-            await self._respond(writer, bad.status, str(bad), close=True)
+            await respond(writer, bad.status, str(bad), close=True)
             return False
         if request.method != "POST" or not request.target.startswith(PATH_PREFIX) or not hmac.compare_digest(
                 request.target[len(PATH_PREFIX):].encode("latin-1"), self.token.encode()):
             self.gate.count_rejection(NOT_FOUND)
-            await self._respond(writer, NOT_FOUND, "not found", close=True)   # body never read
+            await respond(writer, NOT_FOUND, "not found", close=True)   # body never read
             return False
         length = request.length
         if length > self.max_body:
             self.gate.count_rejection(TOO_LARGE)
-            await self._respond(writer, TOO_LARGE, f"body of {length} bytes exceeds the limit of "
+            await respond(writer, TOO_LARGE, f"body of {length} bytes exceeds the limit of "
                                 f"{self.max_body}", close=True)
             return False
         headers = request.headers
@@ -386,7 +254,7 @@ class CallbackReceiver:
                     headers.get(protocol.H_SEQ), headers.get(protocol.H_SIGNATURE))
         status = self.gate.precheck(*envelope)
         if status != OK:   # decided from the head: the body is never read
-            await self._respond(writer, status, _REASONS.get(status, "rejected"), close=True)
+            await respond(writer, status, REASONS.get(status, "rejected"), close=True)
             return False
         run_id = envelope[0]
         assert run_id is not None
@@ -394,20 +262,20 @@ class CallbackReceiver:
         # order, so junk from someone who knows a run id delays its genuine events but cannot starve them.
         slot = self._slots.get(run_id)
         if slot is None:
-            slot = self._slots[run_id] = _RunSlot()
+            slot = self._slots[run_id] = RunSlot()
         slot.users += 1
         try:
             if not await slot.turn.acquire(1, SLOT_WAIT_SECONDS):
                 self.gate.count_rejection(UNAVAILABLE)
-                await self._respond(writer, UNAVAILABLE, "busy; retry", close=True)
+                await respond(writer, UNAVAILABLE, "busy; retry", close=True)
                 return False
             try:
                 if not await self._budget.acquire(length, SLOT_WAIT_SECONDS):
                     self.gate.count_rejection(UNAVAILABLE)
-                    await self._respond(writer, UNAVAILABLE, "busy; retry", close=True)
+                    await respond(writer, UNAVAILABLE, "busy; retry", close=True)
                     return False
                 try:
-                    body, digest = await asyncio.wait_for(_read_body(reader, length),
+                    body, digest = await asyncio.wait_for(read_body(reader, length),
                                                           BODY_SECONDS + length / BODY_BYTES_PER_SECOND)
                     status = await self._accept(envelope, body, digest)
                     del body
@@ -419,7 +287,7 @@ class CallbackReceiver:
             slot.users -= 1
             if not slot.users:
                 self._slots.pop(run_id, None)
-        await self._respond(writer, status, _REASONS.get(status, "rejected"), close=not request.keep_alive)
+        await respond(writer, status, REASONS.get(status, "rejected"), close=not request.keep_alive)
         return request.keep_alive
 
     async def _accept(self, envelope: tuple[Optional[str], ...], body: bytearray, digest: str) -> int:
@@ -460,30 +328,3 @@ class CallbackReceiver:
             self.on_frame(frame)
         except Exception:  # a consumer bug must not kill the server
             log.exception("wove: error while handling event %s for run %s", envelope[1], envelope[0])
-
-    @staticmethod
-    async def _respond(writer: asyncio.StreamWriter, status: int, message: str, *, close: bool) -> None:
-        body = json.dumps({"status": status, "message": message}).encode()
-        writer.write(
-            f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\nConnection: {'close' if close else 'keep-alive'}\r\n\r\n"
-            .encode("latin-1") + body)
-        await writer.drain()
-
-
-async def _read_body(reader: asyncio.StreamReader, length: int) -> tuple[bytearray, str]:
-    """Read exactly ``length`` bytes into one buffer, hashing as they arrive (no second pass, no copies)."""
-    body = bytearray(length)
-    hasher = hashlib.sha256()
-    view = memoryview(body)
-    filled = 0
-    while filled < length:
-        chunk = await reader.read(min(length - filled, 256 * 1024))
-        if not chunk:
-            raise asyncio.IncompleteReadError(bytes(view[:filled]), length)
-        size = len(chunk)
-        view[filled:filled + size] = chunk
-        hasher.update(chunk)
-        filled += size
-    view.release()
-    return body, hasher.hexdigest()

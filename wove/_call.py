@@ -1,0 +1,79 @@
+"""One call of a task's function: its retries, its per-attempt timeout, and where it runs.
+
+A call runs in this process (sync functions in the weave's thread pool, async ones on the loop) or, for a
+task whose environment is remote, as a ``RemoteCall`` handed to that environment. A failed attempt is
+retried up to ``retries`` times; a remote environment may adjust the resources of the next attempt (for
+example more memory after an out-of-memory kill).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+from .errors import WoveError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from ._scheduler import Runtime
+
+
+class TaskTimeoutError(WoveError, asyncio.TimeoutError):
+    """An attempt of a task ran longer than its ``timeout`` (``except asyncio.TimeoutError`` catches it)."""
+
+
+@dataclass
+class RemoteCall:
+    """What an environment needs to run one attempt of one task (or one item of a mapped task)."""
+
+    task_name: str
+    func: Callable[..., Any]
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    settings: dict[str, Any]
+    map_index: Optional[int] = None
+    attempt: int = 0
+    records: list[Any] = field(default_factory=list)
+    resources: Optional[dict[str, Any]] = None
+    group: Optional[str] = None  # calls with the same group that become ready together may share a job
+
+
+async def call(runtime: Runtime, name: str, func: Callable[..., Any], is_async: bool, args: tuple[Any, ...],
+               kwargs: dict[str, Any], settings: dict[str, Any], environment: str, *,
+               map_index: Optional[int] = None, resources: Optional[dict[str, Any]] = None,
+               group: Optional[str] = None, pool: Optional[ThreadPoolExecutor] = None) -> Any:
+    """Run one call with the task's retries and per-attempt timeout, wherever its environment says."""
+    remote = await runtime.environment(environment)
+    retries, timeout = settings["retries"], settings["timeout"]
+    records = runtime.result._jobs.setdefault(name, []) if remote is not None else None
+    attempt = 0
+    while True:
+        if remote is None:
+            if is_async:
+                awaitable = func(*args, **kwargs)
+            else:
+                awaitable = runtime.loop.run_in_executor(pool or runtime.pool(),
+                                                         functools.partial(func, *args, **kwargs))
+        else:
+            awaitable = remote.run(RemoteCall(
+                name, func, args, kwargs, settings, map_index=map_index, attempt=attempt,
+                records=records, resources=resources, group=group))
+        try:
+            if timeout is None:
+                return await awaitable
+            try:
+                return await asyncio.wait_for(awaitable, timeout)
+            except asyncio.TimeoutError as exc:
+                where = f"item {map_index} of task {name!r}" if map_index is not None else f"task {name!r}"
+                raise TaskTimeoutError(
+                    f"{where} timed out after {timeout}s (attempt {attempt + 1} of {retries + 1})"
+                ) from exc
+        except Exception as exc:
+            if attempt >= retries:
+                raise
+            attempt += 1
+            if remote is not None:
+                resources = remote.adjust_for_retry(exc, resources, settings)

@@ -1,0 +1,184 @@
+"""Mapped tasks: one call per item of an iterable or of an upstream task's value, results in input order.
+
+``@w.do(items)`` / ``@w.do("upstream")`` and ``merge(fn, items)`` come here. A local map with no retries,
+timeout, ``workers`` or ``limit_per_minute`` takes a fast path (sync items straight into the thread pool with
+one loop wake-up for the whole map); everything else is one ``_call.call`` per item, at most ``workers`` at a
+time and at most ``limit_per_minute`` started in any minute. The first failure cancels the remaining items.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable, Optional
+
+from ._call import call
+from ._graph import MapFrom, TaskSpec
+from .errors import MapSourceError, TooManyItemsError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from ._scheduler import Runtime
+
+ITEM = object()   # where a positional-only item parameter goes in a mapped task's arguments
+
+
+def binder(item_param: Optional[str], args: Any, kwargs: dict[str, Any]) -> Callable[[Any], Any]:
+    """``item -> (args, kwargs)`` for one item of a mapped call (keyword, positional-only, or appended)."""
+    args = tuple(args)
+    if item_param is None:                       # merge(fn, items): fn(item)
+        return lambda item: ((*args, item), kwargs)
+    if ITEM in args:                             # a positional-only item parameter
+        return lambda item: (tuple(item if a is ITEM else a for a in args), kwargs)
+    return lambda item: (args, {**kwargs, item_param: item})
+
+
+class _RateLimiter:
+    """Spaces launches evenly so that at most ``per_minute`` start in any minute."""
+
+    def __init__(self, per_minute: float):
+        self._interval = 60.0 / per_minute
+        self._next = 0.0
+
+    async def wait(self) -> None:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        slot = max(now, self._next)
+        self._next = slot + self._interval
+        if slot > now:
+            await asyncio.sleep(slot - now)
+
+
+def _map_items(runtime: Runtime, spec: TaskSpec) -> list[Any]:
+    source = spec.map_source
+    if isinstance(source, MapFrom):
+        value = runtime._values[source.name]
+        origin = f"{source.name!r}"
+    else:
+        value = source
+        origin = "the iterable given to w.do()"
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
+        raise MapSourceError(
+            f"result of type '{type(value).__name__}' is not iterable: mapped task {spec.name!r} needs an iterable "
+            f"to map over, but {origin} is {type(value).__name__} {_short(value)}")
+    items = list(value)
+    if runtime.max_pending is not None and len(items) > runtime.max_pending:
+        raise TooManyItemsError(
+            f"Mapped task '{spec.name}' has {len(items)} items, which exceeds max_pending={runtime.max_pending}. "
+            "Raise max_pending or split the input")
+    return items
+
+
+async def run_mapped(runtime: Runtime, spec: TaskSpec, args: list[Any], kwargs: dict[str, Any],
+                     settings: dict[str, Any], environment: str) -> list[Any]:
+    """Run mapped task ``spec`` (its other inputs already in ``args`` / ``kwargs``); one value per item."""
+    items = _map_items(runtime, spec)
+    if not items:
+        return []
+    bind = binder(spec.item_param, args, kwargs)
+    simple = (runtime.is_local(environment) and settings["retries"] == 0 and settings["timeout"] is None
+              and settings["workers"] is None and settings["limit_per_minute"] is None)
+    if simple and not spec.is_async:
+        return await _map_sync_fast(runtime, spec.func, bind, items)
+    if simple:
+        func = spec.func
+        if spec.item_first:
+            coros = [func(item, **kwargs) for item in items]
+        else:
+            coros = []
+            for item in items:
+                item_args, item_kwargs = bind(item)
+                coros.append(func(*item_args, **item_kwargs))
+        return await _gather_or_cancel([runtime.loop.create_task(c) for c in coros])
+    return await call_each(runtime, spec.name, spec.func, spec.is_async, items, bind, settings, environment,
+                           spec.options.get("resources"))
+
+
+async def call_each(runtime: Runtime, name: str, func: Callable[..., Any], is_async: bool, items: list[Any],
+                    bind: Callable[[Any], tuple[tuple[Any, ...], dict[str, Any]]],
+                    settings: dict[str, Any], environment: str,
+                    resources: Optional[dict[str, Any]] = None,
+                    pool: Optional[ThreadPoolExecutor] = None) -> list[Any]:
+    """One ``call`` per item (``bind(item)`` gives its arguments), honouring ``workers`` and
+    ``limit_per_minute``; results in input order."""
+    workers = settings["workers"]
+    remote = await runtime.environment(environment)
+    native = remote is not None and remote.handles_workers(len(items), settings)  # e.g. Slurm's %N
+    semaphore = asyncio.Semaphore(workers) if workers and not native else None
+    limiter = _RateLimiter(settings["limit_per_minute"]) if settings["limit_per_minute"] else None
+
+    async def one(index: int, item: Any) -> Any:
+        call_args, call_kwargs = bind(item)
+        if semaphore is not None:
+            await semaphore.acquire()
+        try:
+            if limiter is not None:
+                await limiter.wait()
+            return await call(runtime, name, func, is_async, call_args, call_kwargs, settings, environment,
+                              map_index=index, resources=resources, group=name, pool=pool)
+        finally:
+            if semaphore is not None:
+                semaphore.release()
+
+    return await _gather_or_cancel([runtime.loop.create_task(one(i, item)) for i, item in enumerate(items)])
+
+
+async def _map_sync_fast(runtime: Runtime, func: Callable[..., Any], bind: Callable[[Any], Any],
+                         items: list[Any]) -> list[Any]:
+    """Thread-pool fan-out with one loop wake-up for the whole map instead of one per item."""
+    loop = runtime.loop
+    waiter: asyncio.Future[None] = loop.create_future()
+    lock = threading.Lock()
+    left = [len(items)]
+
+    def finish(error: Optional[BaseException]) -> None:
+        if not waiter.done():
+            if error is None:
+                waiter.set_result(None)
+            else:
+                waiter.set_exception(error)
+
+    def on_done(cf: Any) -> None:
+        if cf.cancelled():
+            return
+        error = cf.exception()
+        if error is not None:
+            loop.call_soon_threadsafe(finish, error)
+            return
+        with lock:
+            left[0] -= 1
+            last = left[0] == 0
+        if last:
+            loop.call_soon_threadsafe(finish, None)
+
+    submit = runtime.pool().submit
+    futures = []
+    for item in items:
+        item_args, item_kwargs = bind(item)
+        cf = submit(func, *item_args, **item_kwargs)
+        cf.add_done_callback(on_done)
+        futures.append(cf)
+    try:
+        await waiter
+    except BaseException:
+        for cf in futures:
+            cf.cancel()
+        raise
+    return [cf.result() for cf in futures]
+
+
+async def _gather_or_cancel(tasks: list[asyncio.Task[Any]]) -> list[Any]:
+    """Gather in order; on the first failure (or our own cancellation) cancel and await the rest."""
+    try:
+        return await asyncio.gather(*tasks)
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."

@@ -1,0 +1,77 @@
+"""Checking the options of ``@w.do`` / ``Weave.do`` / ``merge`` before anything runs.
+
+Unknown names, bad values and map-only options on unmapped tasks are refused with the valid names or forms;
+``resources=`` is checked by the executor of the environment the task runs in.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import _config
+from .errors import InvalidTypeError, InvalidValueError, WoveError
+
+#: Options ``@w.do`` accepts besides the map source.
+TASK_OPTIONS = (*_config.TASK_SETTINGS, "environment", "resources")
+
+
+# wove 2.0.3's words for `workers` / `limit_per_minute` on a task that is not mapped (from @w.do, from merge)
+_MAPPED_ONLY = ("The 'workers' and 'limit_per_minute' parameters can only be used with mapped tasks "
+                "(e.g., @w.do(iterable, ...)).")
+_MAPPED_ONLY_MERGE = ("The 'workers' and 'limit_per_minute' parameters can only be used with mapped tasks "
+                      "(e.g., @w.do(iterable, ...) or merge(func, iterable, ...)).")
+
+
+def validate_task_options(options: dict[str, Any], *, mapped: bool, name: str = "",
+                          caller: str = "do") -> dict[str, Any]:
+    """Check ``@w.do`` / ``merge`` options; raise with the valid names or forms.
+
+    ``caller`` is ``"do"`` or ``"merge"``: the function whose keyword arguments these are.
+    """
+    where = f"task {name!r}: " if name else ""
+    for key, value in options.items():
+        if key not in TASK_OPTIONS:
+            # Python's words for an unknown keyword (wove 2.0.3's do() and merge() had explicit keywords)
+            raise InvalidTypeError(f"{caller}() got an unexpected keyword argument '{key}': {where}"
+                                   + _config.unknown_key_message("task option", key, TASK_OPTIONS))
+        if key == "environment":
+            _config._environment_name(key, value)
+        elif key == "resources":
+            if value is not None and not isinstance(value, dict):
+                raise InvalidValueError(f"{where}resources must be a dict such as {{'mem': '2G', 'time': '10:00'}}, "
+                                        f"got {value!r}")
+        else:
+            _config.validate_setting(key, value)
+    if options.get("delivery_max_in_flight") is not None:
+        raise InvalidValueError(f"{where}delivery_max_in_flight caps an environment's remote runs as a whole; set "
+                                "it on the environment, the weave or wove.config(), not on one task")
+    if not mapped:
+        for key in ("workers", "limit_per_minute"):
+            if options.get(key) is not None:
+                lead = _MAPPED_ONLY_MERGE if caller == "merge" else _MAPPED_ONLY
+                raise InvalidValueError(f"{lead} {where}{key}={options[key]!r} is set on a task that is not "
+                                        "mapped (@w.do(iterable) or @w.do('upstream')); remove it or map the task")
+    return options
+
+
+def validate_resources(resolver: _config.Resolver, options: dict[str, Any], where: str) -> dict[str, Any]:
+    """Check ``resources=`` against the executor of the environment the task runs in, before anything runs."""
+    environment = resolver.environment_name(options.get("environment"))
+    resolver.check_environment(environment, where)   # an unknown name is a NameError here, not a KeyError
+    executor = resolver.environments[environment]["executor"]
+    if isinstance(executor, str):
+        executor = _config.executor_class(executor)
+    check = getattr(executor, "validate_resources", None)
+    if check is None:
+        raise InvalidValueError(f"{where}: resources={options['resources']!r} only apply to environments whose "
+                                f"executor schedules resources (such as 'slurm'); environment {environment!r} "
+                                f"runs tasks with "
+                                f"{executor if isinstance(executor, str) else type(executor).__name__}")
+    try:
+        return check(options["resources"], where)
+    except WoveError:
+        raise
+    except ValueError as exc:   # the executor's own check: make it one of wove's errors, same words
+        raise InvalidValueError(str(exc)) from exc
+    except TypeError as exc:
+        raise InvalidTypeError(str(exc)) from exc
