@@ -2,9 +2,8 @@
 
 Runs once per remote job, so start-up cost matters: it imports the standard library's C modules
 (``_socket``, ``_pickle``, ``_signal``, ``binascii``) rather than their Python wrappers, which pull in
-``enum``, ``selectors``, OpenSSL and more (about 10 ms per job here). ``http.client`` alone would add ~30 ms
-(it loads the ``email`` package), so events go out through the tiny HTTP/1.1 client below; ``ssl`` is
-imported only for ``https`` callback URLs, and ``asyncio`` only for ``async def`` tasks.
+``enum``, ``selectors``, OpenSSL and more (about 10 ms per job here). Events go out through ``sender`` and
+its tiny HTTP/1.1 client (``httpclient``); ``asyncio`` is imported only for ``async def`` tasks.
 
 Exit codes: 0 the task succeeded, 1 it raised (or could not even start), 2 its outcome could not be
 delivered, 3 the payload was missing or corrupt, 128+N it was stopped by signal N (after reporting).
@@ -18,9 +17,12 @@ import _socket as socket
 import os
 import sys
 import threading
-import time
 
-from . import compactjson, protocol, spool, unpickle
+from . import protocol, spool, unpickle
+from .httpclient import Connection
+from .sender import EventSender, shrink
+
+__all__ = ["TIME_WARNING", "EventSender", "WorkerSignal", "execute", "main", "run_payloads", "shrink"]
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -29,8 +31,6 @@ if TYPE_CHECKING:
 EXIT_OK, EXIT_TASK_FAILED, EXIT_UNDELIVERED, EXIT_BAD_PAYLOAD = 0, 1, 2, 3
 #: Set when the job is warned (SIGUSR1, from executor_config "signal_before_timeout") that its time is nearly up.
 TIME_WARNING = threading.Event()
-DEFAULT_POST_SECONDS = 60.0
-FILE_EVENT_INLINE_BYTES = 4 * 1024 * 1024   # filesystem channel: larger results get a file of their own
 SIGNAL_POST_SECONDS = 10.0   # after SIGTERM there is little time left (Slurm's KillWait is 30 s by default)
 _TRAPPED = ("SIGTERM", "SIGUSR1")   # report task_cancelled with the signal, then exit
 _WARNING = "SIGUSR1"   # ... unless the payload asks for it as a warning: the task keeps running (TIME_WARNING)
@@ -47,229 +47,6 @@ class WorkerSignal(BaseException):
         self.name = _SIGNAL_NAMES.get(signum, f"signal {signum}")
 
 
-# ---------------------------------------------------------------------------------------------- HTTP
-class _Connection:
-    """A keep-alive HTTP/1.1 connection that can POST one body and read the status back."""
-
-    def __init__(self, url: str):
-        scheme, _, rest = url.partition("://")
-        if scheme not in ("http", "https") or not rest:
-            raise ValueError(f"callback_url must start with http:// or https://, got {protocol.redact(url)!r}")
-        hostport, slash, path = rest.partition("/")
-        self.path = slash + path
-        self.tls = scheme == "https"
-        if hostport.startswith("["):
-            host, _, port = hostport[1:].partition("]")
-            port = port.lstrip(":")
-        else:
-            host, _, port = hostport.rpartition(":") if ":" in hostport else (hostport, "", "")
-        self.host = host
-        self.port = int(port) if port else (443 if self.tls else 80)
-        self.hostport = hostport
-        self._sock: Any = None
-        self._buffer = b""
-
-    def close(self) -> None:
-        if self._sock is not None:
-            try:
-                self._sock.close()
-            finally:
-                self._sock, self._buffer = None, b""
-
-    def post(self, headers: dict[str, str], body: bytes, timeout: float) -> int:
-        for reused in (True, False):
-            fresh = self._sock is None
-            if fresh:
-                self._connect(timeout)
-            try:
-                return self._exchange(headers, body, timeout)
-            except OSError:
-                self.close()
-                if fresh or not reused:
-                    raise
-        raise OSError("unreachable")
-
-    def _connect(self, timeout: float) -> None:
-        if self.tls:
-            import socket as socket_module
-            import ssl
-            plain = socket_module.create_connection((self.host, self.port), timeout=timeout)
-            self._sock = ssl.create_default_context().wrap_socket(plain, server_hostname=self.host)
-            return
-        last: Optional[OSError] = None
-        # bytes host: getaddrinfo then needs no IDNA codec (one import less per job)
-        host = self.host.encode("ascii") if self.host.isascii() else self.host
-        for family, kind, proto, _, address in socket.getaddrinfo(host, self.port, 0, socket.SOCK_STREAM):
-            sock = socket.socket(family, kind, proto)
-            try:
-                sock.settimeout(timeout)
-                sock.connect(address)
-            except OSError as exc:
-                sock.close()
-                last = exc
-                continue
-            self._sock = sock
-            return
-        raise last or OSError(f"cannot resolve {self.host}")
-
-    def _read_until(self, marker: bytes) -> bytes:
-        while marker not in self._buffer:
-            chunk = self._sock.recv(65536)
-            if not chunk:
-                raise ConnectionResetError("callback receiver closed the connection")
-            self._buffer += chunk
-            if len(self._buffer) > 1 << 20:
-                raise OSError("callback receiver sent an oversized response header")
-        head, _, self._buffer = self._buffer.partition(marker)
-        return head
-
-    def _read_exactly(self, count: int) -> None:
-        while len(self._buffer) < count:
-            chunk = self._sock.recv(65536)
-            if not chunk:
-                raise ConnectionResetError("callback receiver closed the connection")
-            self._buffer += chunk
-        self._buffer = self._buffer[count:]
-
-    def _exchange(self, headers: dict[str, str], body: bytes, timeout: float) -> int:
-        self._sock.settimeout(timeout)
-        head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
-        self._sock.sendall(
-            f"POST {self.path} HTTP/1.1\r\nHost: {self.hostport}\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\n{head}\r\n".encode("latin-1") + body)
-        lines = self._read_until(b"\r\n\r\n").decode("latin-1").split("\r\n")
-        status = int(lines[0].split()[1])
-        length, close = 0, False
-        for line in lines[1:]:
-            name, _, value = line.partition(":")
-            name = name.strip().lower()
-            if name == "content-length":
-                length = int(value.strip())
-            elif name == "connection" and value.strip().lower() == "close":
-                close = True
-        self._read_exactly(length)
-        if close:
-            self.close()
-        return status
-
-
-# ---------------------------------------------------------------------------------------------- events
-class EventSender:
-    """Signs and delivers one run's events, in order, over HTTP or as files on a shared filesystem."""
-
-    def __init__(self, payload: dict[str, Any], connection: Optional[_Connection] = None,
-                 lock: Optional[threading.Lock] = None):
-        self.payload = payload
-        self.run_id = payload["run_id"]
-        self.task_id = payload.get("task_id")
-        self.key = (payload.get("signing") or {}).get("key", "")
-        self.incarnation = int(os.environ.get("SLURM_RESTART_COUNT") or 0)
-        self.seq = 0
-        self.channel = payload.get("result_channel") or "http"
-        self.max_body = int(payload.get("max_body") or 0)
-        self.post_seconds = float((payload.get("delivery") or {}).get("post_timeout") or DEFAULT_POST_SECONDS)
-        self._lock = lock or threading.Lock()
-        self._connection = connection
-        self.undelivered: Optional[str] = None
-
-    def _conn(self) -> _Connection:
-        if self._connection is None:
-            self._connection = _Connection(self.payload["callback_url"])
-        return self._connection
-
-    def send(self, event: str, fields: Optional[dict[str, Any]] = None) -> bool:
-        """Deliver one event; retry with backoff for up to ``post_seconds``. False if it never arrived."""
-        fields = dict(fields or {})
-        with self._lock:
-            self.seq += 1
-            frame = {"type": event, "run_id": self.run_id, "task_id": self.task_id, **fields}
-            body = compactjson.dumps(frame).encode()
-            # Large results go to a raw file of their own (HTTP: above the receiver's body limit); the event
-            # then carries its signed digest, so the weave never parses megabytes of JSON to get them.
-            limit = self.max_body if self.channel == "http" else FILE_EVENT_INLINE_BYTES
-            if event == "task_result" and limit and len(body) > limit:
-                spooled = self._spool_result(frame)
-                if spooled is None:
-                    return False
-                body = spooled
-            if self.channel == "filesystem":
-                return self._write_event_file(event, body)
-            return self._post(event, body, frame)
-
-    def _headers(self, event: str, body: bytes) -> dict[str, str]:
-        signature = protocol.sign(self.key, self.run_id, event, self.incarnation, self.seq, body)
-        return {protocol.H_RUN: self.run_id, protocol.H_EVENT: event, protocol.H_SEQ: str(self.seq),
-                protocol.H_INCARNATION: str(self.incarnation), protocol.H_SIGNATURE: signature}
-
-    def _post(self, event: str, body: bytes, frame: dict[str, Any]) -> bool:
-        deadline = time.monotonic() + self.post_seconds
-        delay, last_error = 0.1, ""
-        while True:
-            try:
-                status = self._conn().post(self._headers(event, body), body, timeout=30.0)
-            except (OSError, ValueError) as exc:
-                status, last_error = 0, f"{type(exc).__name__}: {exc}"
-            if status in (200, 409):        # 409: an earlier attempt of this very event already arrived
-                return True
-            if status == 413 and "result_pickle" in frame:
-                spooled = self._spool_result(frame)
-                if spooled is None:
-                    return False
-                body = spooled
-                self.seq += 1
-                continue
-            if status == 413 and frame.get("type") != "task_result" and not frame.get("truncated"):
-                # e.g. a huge exception: send its description, trimmed to fit, without the pickle
-                body = _shrink(frame, max(256, (self.max_body - 1024) // 3) if self.max_body else 16 * 1024)
-                self.seq += 1
-                continue
-            if status in (401, 403, 404, 400):
-                self.undelivered = f"callback receiver rejected {event} with HTTP {status}"
-                return False
-            if status:
-                last_error = f"HTTP {status}"
-            if time.monotonic() + delay > deadline:
-                # The token in the URL is a secret: job logs and error messages show /wove/events/…
-                url = protocol.redact(str(self.payload.get("callback_url")))
-                self.undelivered = protocol.redact(f"could not deliver {event} to {url} within "
-                                                   f"{self.post_seconds:.0f}s: {last_error}")
-                return False
-            time.sleep(delay)
-            delay = min(delay * 2, 5.0)
-
-    def limit_retries(self, seconds: float) -> None:
-        """Shorten the delivery window (after SIGTERM, Slurm's SIGKILL follows within KillWait)."""
-        self.post_seconds = min(self.post_seconds, seconds)
-
-    def _spool_result(self, frame: dict[str, Any]) -> Optional[bytes]:
-        """Move the result pickle into a spool file; ``None`` (and ``undelivered`` set) if that is refused."""
-        spool_dir = self.payload.get("spool_dir")
-        data = protocol.b64decode(frame.pop("result_pickle"))
-        if not spool_dir:
-            raise RuntimeError("the result is larger than the callback body limit and no spool_dir is set")
-        try:
-            # Into the run's own directory only, checked to be this user's alone (never through a symlink).
-            path = spool.write_private(spool_dir, spool.result_name(self.run_id, self.incarnation), data)
-        except spool.UnsafeSpoolError as exc:
-            self.undelivered = f"could not spool the result of {self.run_id}: {exc}"
-            return None
-        frame["result_ref"] = {"path": path, "sha256": protocol.sha256(data).hexdigest(), "size": len(data)}
-        return compactjson.dumps(frame).encode()
-
-    def _write_event_file(self, event: str, body: bytes) -> bool:
-        events_dir = self.payload.get("events_dir") or ""
-        envelope = {"run": self.run_id, "event": event, "incarnation": self.incarnation, "seq": self.seq,
-                    "signature": protocol.sign(self.key, self.run_id, event, self.incarnation, self.seq, body)}
-        name = f"{self.run_id}.{self.incarnation}.{self.seq:06d}.{event}.event"
-        try:
-            spool.write_private(events_dir, name, compactjson.dumps(envelope).encode() + b"\n" + body,
-                                "events directory")
-        except OSError as exc:
-            self.undelivered = f"could not write event file in {events_dir}: {exc}"
-            return False
-        return True
-
-
 # ---------------------------------------------------------------------------------------------- running
 def _dumps(value: Any) -> bytes:
     try:
@@ -277,19 +54,6 @@ def _dumps(value: Any) -> bytes:
     except Exception:
         import cloudpickle  # lambdas, local classes, objects defined in __main__
         return cloudpickle.dumps(value, protocol=_PICKLE_PROTOCOL)
-
-
-def _shrink(frame: dict[str, Any], limit: int = 16 * 1024) -> bytes:
-    """Drop pickles and trim long texts so an event fits any sane body limit."""
-    frame.pop("exception_pickle", None)
-    frame["truncated"] = True
-    error = frame.get("error")
-    if isinstance(error, dict):
-        for key in ("message", "traceback"):
-            text = error.get(key)
-            if isinstance(text, str) and len(text) > limit:
-                error[key] = text[:limit] + f"... [{len(text) - limit} characters cut]"
-    return compactjson.dumps(frame).encode()
 
 
 def _b64(data: bytes) -> str:
@@ -481,10 +245,10 @@ def run_payloads(payloads: list[dict[str, Any]], *, max_parallel: int = 1, trap_
     report ``task_cancelled`` with the signal name, then the process exits with 128+N.
     """
     connection_lock = threading.Lock()
-    shared: Optional[_Connection] = None
+    shared: Optional[Connection] = None
     urls = {p.get("callback_url") for p in payloads}
     if len(urls) == 1 and all(p.get("result_channel", "http") == "http" for p in payloads):
-        shared = _Connection(payloads[0]["callback_url"])
+        shared = Connection(payloads[0]["callback_url"])
     senders = [EventSender(p, shared, connection_lock) for p in payloads]
     done: set[int] = set()
     codes: list[int] = [EXIT_OK] * len(payloads)
