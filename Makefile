@@ -34,6 +34,7 @@ demo: install slurm
 
 lint: install
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 test: install slurm lint
 	$(RUN) CI=$${CI:-} $(PYTEST) --durations=15 $(PYTEST_ARGS)

@@ -36,7 +36,7 @@ class RemoteCall:
     settings: dict[str, Any]
     map_index: Optional[int] = None
     attempt: int = 0
-    records: list[Any] = field(default_factory=list)
+    records: Optional[list[Any]] = field(default_factory=list)
     resources: Optional[dict[str, Any]] = None
     group: Optional[str] = None  # calls with the same group that become ready together may share a job
 

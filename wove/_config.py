@@ -9,7 +9,6 @@ choices, not deep inside a running weave.
 from __future__ import annotations
 
 import difflib
-import importlib
 import math
 import os
 import runpy
@@ -26,6 +25,9 @@ from .errors import (
     UnknownEnvironmentError,
     WoveError,
 )
+
+# Executors by name live beside the executors; these two names stay importable from here.
+from .executors.registry import EXECUTORS, executor_class
 
 DEFAULT_ENVIRONMENT = "default"
 CONFIG_FILE_NAME = "wove_config.py"
@@ -140,13 +142,6 @@ DEFAULTS: dict[str, Any] = {
 GLOBAL_KEYS = ("config_file", "default_environment", "environments", *SETTINGS)
 ENVIRONMENT_KEYS = ("executor", "executor_config", "config", *SETTINGS)
 
-# Built-in executors by name; imported lazily so `import wove` stays light.
-EXECUTORS = {
-    "local": "wove.executors.local:LocalExecutor",
-    "stdio": "wove.executors.stdio:StdioExecutor",
-    "slurm": "wove.slurm.executor:SlurmExecutor",
-}
-
 
 def unknown_key_message(kind: str, key: str, valid: Any) -> str:
     valid = sorted(valid)
@@ -157,11 +152,6 @@ def unknown_key_message(kind: str, key: str, valid: Any) -> str:
 
 def validate_setting(key: str, value: Any) -> Any:
     return SETTINGS[key](key, value)
-
-
-def executor_class(name: str) -> type:
-    module_name, _, attr = EXECUTORS[name].partition(":")
-    return getattr(importlib.import_module(module_name), attr)
 
 
 def normalize_environment(name: str, spec: Any) -> dict[str, Any]:

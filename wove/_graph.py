@@ -42,6 +42,12 @@ class TaskSpec:
         "params",
         "positional",
     )
+    # Set by plan() (see __init__): annotated here so type checkers know them.
+    dependencies: list[str]
+    inputs: list[str]
+    positional: list[str]
+    item_param: Optional[str]
+    item_first: bool
 
     def __init__(self, name: str, func: Callable[..., Any], options: dict[str, Any], map_source: Any = None,
                  is_async: bool = False, params: Optional[list[Param]] = None):
@@ -93,7 +99,7 @@ def parameters(func: Callable[..., Any]) -> list[Param]:
 
 
 def _parameters_from_signature(func: Callable[..., Any]) -> list[Param]:
-    kinds = {inspect.Parameter.POSITIONAL_ONLY: POSITIONAL_ONLY,
+    kinds: dict[inspect._ParameterKind, str] = {inspect.Parameter.POSITIONAL_ONLY: POSITIONAL_ONLY,
              inspect.Parameter.POSITIONAL_OR_KEYWORD: POSITIONAL_OR_KEYWORD,
              inspect.Parameter.KEYWORD_ONLY: KEYWORD_ONLY}
     return [(p.name, kinds[p.kind], p.default is not p.empty)

@@ -1,4 +1,4 @@
-"""``weave(progress=True)``: a live one-line status of a weave's remote (Slurm) tasks.
+"""``weave(progress=True)``: a live one-line status of a weave's remote tasks (Slurm jobs, for instance).
 
 On a terminal the line is redrawn in place at most twice a second; elsewhere (CI logs, files) a plain log
 line is written when the counts change, at most every few seconds, plus a final summary. Only the
@@ -21,9 +21,12 @@ def _bucket(record: Any) -> str:
         return "done"
     if outcome:
         return "failed"
-    if record.state in ("RUNNING", "COMPLETING"):
-        return "running"
-    return "pending"
+    # An executor's own states say how they count (``phase``, e.g. wove.slurm.states.RecordState); the
+    # runtime's plain ones are "RUNNING" once the task started, and waiting before that.
+    phase = getattr(record.state, "phase", None)
+    if phase is not None:
+        return "running" if phase == "running" else "pending"
+    return "running" if record.state == "RUNNING" else "pending"
 
 
 def status_line(records: list[Any]) -> str:

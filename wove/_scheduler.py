@@ -234,6 +234,7 @@ class Runtime:
                 direct = self._plain_direct = (settings["retries"] == 0 and settings["timeout"] is None
                                                and self.is_local(environment))
         if spec.map_source is not None:
+            assert settings is not None   # resolved above for every mapped task
             awaitable = _mapping.run_mapped(self, spec, list(args), kwargs, settings, environment)
         elif direct:
             if not spec.is_async:
@@ -277,8 +278,9 @@ class Runtime:
         if error is None and not cancelled:  # the hot path, kept flat
             self._values[name] = self.result._values[name] = value
             self._finished += 1
-            if self._finished >= self._total and not self._waiter.done():
-                self._waiter.set_result(None)
+            waiter = self._waiter
+            if self._finished >= self._total and waiter is not None and not waiter.done():
+                waiter.set_result(None)
             if self._stopping:
                 return
             remaining = self._remaining
@@ -308,7 +310,7 @@ class Runtime:
             if self._stopping:
                 return
             if self.error_mode == "raise":
-                if not self._waiter.done():
+                if self._waiter is not None and not self._waiter.done():
                     self._waiter.set_result(None)
             else:
                 self._skip_dependents(name)

@@ -376,8 +376,8 @@ def test_unknown_keyword_uses_pythons_words():
             return 1
 
 
-CORE_MODULES = ("_call.py", "_config.py", "_fork.py", "_graph.py", "_mapping.py", "_merge.py", "_options.py", "_report.py",
-                "_result.py", "_runner.py", "_scheduler.py", "_weave.py", "helpers.py")
+CORE_MODULES = ("_call.py", "_config.py", "_fork.py", "_graph.py", "_mapping.py", "_merge.py", "_options.py",
+                "_report.py", "_result.py", "_runner.py", "_scheduler.py", "_weave.py", "helpers.py")
 
 
 def test_core_modules_raise_no_bare_builtin_errors():

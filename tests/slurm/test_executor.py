@@ -269,13 +269,16 @@ def test_hundred_megabyte_argument_travels_by_spool(slurm_env, prefix, tmp_path)
         @w.do(environment="slurm")
         def digest(blob):
             import hashlib
-            return len(blob), hashlib.sha256(blob).hexdigest(), os.environ["WOVE_BACKEND_PAYLOAD"][:6]
+
+            from wove.dispatch import protocol
+            payload = protocol.read_payload(os.environ["WOVE_BACKEND_PAYLOAD"])[0]
+            return len(blob), hashlib.sha256(blob).hexdigest(), payload["args_pickle"][:6]
 
     import hashlib
     size, remote_digest, reference = w.result.digest
     assert size == len(blob)
     assert remote_digest == hashlib.sha256(blob).hexdigest()
-    assert reference == "spool:"
+    assert reference == "spool:"   # the argument pickle travels as a file of its own, not inside the payload
     assert not list((tmp_path / "spool").rglob("*.payload"))
 
 

@@ -19,7 +19,7 @@ from slurm_helpers import squeue_jobs, wait_until
 
 from wove import weave
 from wove.errors import SlurmCancelledError, SlurmJobFailedError, SlurmOutOfMemoryError
-from wove.slurm import adapter as slurm_adapter
+from wove.slurm import cli as slurm_cli
 from wove.slurm.executor import SlurmExecutor
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "local-slurm.sh"
@@ -34,12 +34,12 @@ def _restart(**env):
 @pytest.fixture(scope="module", autouse=True)
 def reconfigured():
     _restart(WOVE_SLURM_ACCOUNTING="0", WOVE_SLURM_MAX_ARRAY_SIZE="50")
-    slurm_adapter._max_array_cache.clear()
+    slurm_cli._max_array_cache.clear()
     try:
         yield
     finally:
         _restart(WOVE_SLURM_ACCOUNTING="1", WOVE_SLURM_MAX_ARRAY_SIZE="1001")
-        slurm_adapter._max_array_cache.clear()
+        slurm_cli._max_array_cache.clear()
 
 
 def test_accounting_is_really_off():

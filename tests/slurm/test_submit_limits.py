@@ -85,7 +85,7 @@ def test_map_larger_than_max_submit_jobs_is_paced(executor, max_submit_jobs, pre
     calls = instance.adapter.submissions
     assert len(calls) >= 4 and all(_elements(call) <= 20 for call in calls), [c["argv"][-5:] for c in calls]
     assert sum(call["items"] for call in calls) == 70
-    assert sum(room.waits for room in instance.adapter._rooms.values()) > 0   # it did wait for room
+    assert sum(room.waits for room in instance.adapter.pacer.rooms.values()) > 0   # it did wait for room
     assert squeue_jobs(prefix) == []
 
 
@@ -213,7 +213,7 @@ def test_array_refused_by_a_limit_read_too_late_goes_out_in_pieces(executor, max
 
     assert marker.exists()   # the first read failed: wove first tried one array of 30, which was refused
     assert w.result.item == list(range(1, 31))
-    assert [room.limit.limit for room in instance.adapter._rooms.values()] == [10]   # read after the refusal
+    assert [room.limit.limit for room in instance.adapter.pacer.rooms.values()] == [10]   # read after the refusal
     calls = instance.adapter.submissions
     assert all(call["elements"] <= 10 for call in calls) and sum(call["items"] for call in calls) == 30
     assert squeue_jobs(prefix) == []
@@ -230,6 +230,6 @@ def test_a_limit_that_cannot_be_read_is_learned_from_refusals(executor, max_subm
     assert w.result.item == [x * 2 for x in range(30)]
     calls = instance.adapter.submissions
     assert all(call["elements"] <= 10 for call in calls), [call["elements"] for call in calls]
-    learned = [room.learned for room in instance.adapter._rooms.values()]
+    learned = [room.learned for room in instance.adapter.pacer.rooms.values()]
     assert len(learned) == 1 and 1 <= learned[0] <= 10, learned   # 30 -> 15 -> 7 (or less)
     assert squeue_jobs(prefix) == []

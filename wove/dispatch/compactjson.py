@@ -40,12 +40,12 @@ def _c_encode(obj: Any) -> str:
 try:
     import _json
 
-    _scan = _json.make_scanner(_ScanContext())
+    _scan = _json.make_scanner(_ScanContext())  # type: ignore[arg-type]  # duck-typed like json's decoder
     if _c_encode({"a": [1, 2.5, None, True, "\u00e9"]}) != '{"a":[1,2.5,null,true,"\\u00e9"]}':
         raise ImportError("unexpected _json behaviour")
     _encode = _c_encode
 except (ImportError, AttributeError, TypeError):   # another Python: the plain json module
-    _encode = _scan = None
+    _encode = _scan = None  # type: ignore[assignment]
 
 
 def dumps(obj: Any) -> str:

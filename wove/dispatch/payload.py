@@ -5,8 +5,8 @@ JSON in ``WOVE_BACKEND_PAYLOAD``); large ones as a private spool file referenced
 large function or argument pickle is written raw (no base64) to a file of its own in the run's directory,
 and the payload's ``callable_pickle`` / ``args_pickle`` field holds ``spool:<path>`` instead of base64, so
 the payload itself stays small. Pickling, and writing those files, happen in a thread: a 50 MB argument
-never stalls the weave's event loop (only small map items, whose function pickle is cached, are built on
-the loop, where a thread hop would cost more than the work).
+never stalls the weave's event loop (only small map items, whose function is pickled once for all of them, are built
+on the loop, where a thread hop would cost more than the work).
 """
 
 from __future__ import annotations
@@ -69,33 +69,56 @@ class PayloadBuilder:
         self.run_dir = run_dir
         self.post_timeout = post_timeout
         self._callables: dict[int, tuple[Callable[..., Any], str]] = {}
+        self._pending: dict[int, tuple[Callable[..., Any], asyncio.Future[str]]] = {}
         self._thread: Optional[concurrent.futures.ThreadPoolExecutor] = None
 
     async def build(self, *, run_id: str, task_id: Optional[str], task_name: Optional[str],
                     func: Callable[..., Any], args: tuple[Any, ...], kwargs: Mapping[str, Any],
                     delivery: Mapping[str, Any], mapped: bool) -> dict[str, Any]:
-        """The payload for one run: pickled on the loop when tiny, else in this builder's thread."""
-        cached = self._callables.get(id(func)) if mapped else None
-        if cached is not None and cached[0] is func and _small(args, kwargs):
-            return self._assemble(run_id, task_id, task_name, func, args, kwargs, delivery, mapped)
+        """The payload for one run: pickled on the loop when tiny, else in this builder's thread.
+
+        The items of one mapped task share their function's pickle, made once: every item waits for that
+        one pickle and then all are ready together (so they can still go out as one job array).
+        """
+        loop = asyncio.get_running_loop()
         if self._thread is None:
             self._thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="wove-payload")
-        return await asyncio.get_running_loop().run_in_executor(
-            self._thread, self._assemble, run_id, task_id, task_name, func, args, kwargs, delivery, mapped)
-
-    def _assemble(self, run_id: str, task_id: Optional[str], task_name: Optional[str], func: Callable[..., Any],
-                  args: tuple[Any, ...], kwargs: Mapping[str, Any], delivery: Mapping[str, Any],
-                  mapped: bool) -> dict[str, Any]:
-        cloudpickle = cloudpickle_module()
+        func_or_field: Callable[..., Any] | str = func
         if mapped:
-            # The items of one mapped task share their function: pickle it once (a map of 5,000 items
-            # would otherwise spend most of its submission time pickling the same function).
+            func_or_field = await self._shared_callable(func)
+            if _small(args, kwargs):
+                return self._assemble(run_id, task_id, task_name, func_or_field, args, kwargs, delivery)
+        return await loop.run_in_executor(self._thread, self._assemble, run_id, task_id, task_name,
+                                          func_or_field, args, kwargs, delivery)
+
+    async def _shared_callable(self, func: Callable[..., Any]) -> str:
+        pending = self._pending.get(id(func))
+        if pending is None or pending[0] is not func:
             cached = self._callables.get(id(func))
-            if cached is None or cached[0] is not func:
-                cached = self._callables[id(func)] = (func, self._field(cloudpickle.dumps(func), f"{id(func)}.fn"))
-            callable_field = cached[1]
+            if cached is not None and cached[0] is func:
+                return cached[1]
+            assert self._thread is not None
+            future = asyncio.get_running_loop().run_in_executor(self._thread, self._pickle_callable, func)
+            pending = self._pending[id(func)] = (func, future)
+        field = await asyncio.shield(pending[1])
+        # Cached on the loop, once the pickle is delivered: every item that waited for it resumes in the
+        # same turn of the loop (none overtakes another, so items ready together stay together).
+        if self._pending.get(id(func)) is pending:
+            del self._pending[id(func)]
+            self._callables[id(func)] = (func, field)
+        return field
+
+    def _pickle_callable(self, func: Callable[..., Any]) -> str:
+        return self._field(cloudpickle_module().dumps(func), f"{id(func)}.fn")
+
+    def _assemble(self, run_id: str, task_id: Optional[str], task_name: Optional[str],
+                  func_or_field: Callable[..., Any] | str, args: tuple[Any, ...], kwargs: Mapping[str, Any],
+                  delivery: Mapping[str, Any]) -> dict[str, Any]:
+        cloudpickle = cloudpickle_module()
+        if isinstance(func_or_field, str):   # a mapped task's shared function pickle
+            callable_field = func_or_field
         else:
-            callable_field = self._field(cloudpickle.dumps(func), callable_name(run_id))
+            callable_field = self._field(cloudpickle.dumps(func_or_field), callable_name(run_id))
         delivery = dict(delivery)
         if self.post_timeout:
             delivery["post_timeout"] = self.post_timeout
@@ -126,6 +149,7 @@ class PayloadBuilder:
         if thread is not None:
             thread.shutdown(wait=True)
         self._callables.clear()
+        self._pending.clear()
 
 
 def encode_payload(payload: dict[str, Any], spool_dir: str | spool.RunDir,

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import errno
+import functools
 import hmac
 import logging
 import socket
@@ -162,7 +163,7 @@ class CallbackReceiver:
                 conn_sock.setblocking(False)
                 reader = asyncio.StreamReader(limit=MAX_HEAD_BYTES)
                 proto = asyncio.StreamReaderProtocol(reader)
-                transport, _ = await loop.connect_accepted_socket(lambda proto=proto: proto, sock=conn_sock)
+                transport, _ = await loop.connect_accepted_socket(functools.partial(_same, proto), sock=conn_sock)
             except OSError:
                 conn_sock.close()
                 continue
@@ -328,3 +329,7 @@ class CallbackReceiver:
             self.on_frame(frame)
         except Exception:  # a consumer bug must not kill the server
             log.exception("wove: error while handling event %s for run %s", envelope[1], envelope[0])
+
+
+def _same(protocol: asyncio.StreamReaderProtocol) -> asyncio.StreamReaderProtocol:
+    return protocol

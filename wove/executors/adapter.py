@@ -68,14 +68,15 @@ class BackendAdapter:
         self.callback_url = callback_url
         self.run_config = run_config
         self._executor: Optional[BackendAdapterEnvironmentExecutor] = None
+        self.closed = False   # set (before close() runs) by the executor that owns this adapter
 
     async def start(self) -> None:
         """Prepare (check credentials, find commands...). Failing here fails the environment cleanly."""
 
-    async def submit(self, payload: dict[str, Any], frame: dict[str, Any]) -> Any:
+    async def submit(self, payload: dict[str, Any], frame: Mapping[str, Any]) -> Any:
         raise NotImplementedError(f"{type(self).__name__} must implement submit(payload, frame)")
 
-    async def cancel(self, run_id: str, submission: Any, frame: dict[str, Any]) -> None:
+    async def cancel(self, run_id: str, submission: Any, frame: Mapping[str, Any]) -> None:
         """Stop a submitted run; called with whatever ``submit`` returned."""
 
     async def close(self) -> None:
@@ -105,6 +106,12 @@ class BackendAdapter:
         """The worker's argument for ``payload``: inline, or ``spool:<path>`` above the spool threshold."""
         assert self._executor is not None, "adapter is not attached to an executor"
         return self._executor.encode_payload(payload)
+
+    def record_submission(self, run_id: str, submission: Any) -> None:
+        """Report that ``run_id``'s job exists, when ``submit`` is cancelled after it went in (the runtime then
+        cancels it); a ``submit`` that returns needs no call: its return value is the submission."""
+        assert self._executor is not None, "adapter is not attached to an executor"
+        self._executor.record_submission(run_id, submission)
 
     def emit(self, frame: dict[str, Any]) -> None:
         """Deliver an event frame to the weave as if the worker had sent it."""
@@ -140,7 +147,7 @@ class BackendAdapterEnvironmentExecutor(EnvironmentExecutor):
         self._receiver: Any = None
         self._files: Optional[FileChannel] = None
         self._builder: Optional[PayloadBuilder] = None
-        self._runs: dict[str, dict[str, Any]] = {}
+        self._runs: dict[str, _Tracked] = {}
         self._detached: set[str] = set()
         self._config: dict[str, Any] = {}
         self._active = False
@@ -171,17 +178,17 @@ class BackendAdapterEnvironmentExecutor(EnvironmentExecutor):
         self._queue = asyncio.Queue()
         self._active = True
         try:
-            self._make_run_dir(environment_name, config.get("spool_dir") or default_spool_root())
+            run_dir = self._make_run_dir(environment_name, config.get("spool_dir") or default_spool_root())
             allow = config.get("unpickle_allow")
-            self._gate = EventGate(self.spool_dir, allowed_modules=tuple(allow) if allow is not None else None)
+            gate = self._gate = EventGate(self.spool_dir, allowed_modules=tuple(allow) if allow is not None else None)
             if config.get("result_channel", "http") == "filesystem":
-                self.events_run_dir = self.run_dir.make_private("events")
+                self.events_run_dir = run_dir.make_private("events")
                 self.events_dir = self.events_run_dir.path
                 self.callback_url = ""
                 self._files = FileChannel(self.events_run_dir, self._gate, self._on_verified)
                 self._files.start()
             else:
-                await self._start_receiver(environment_name, config)
+                await self._start_receiver(gate, config)
             adapter = self.adapter_class(name=environment_name, config=config, callback_url=self.callback_url,
                                          run_config=run_config, **self.adapter_options)
             adapter._executor = self
@@ -191,7 +198,7 @@ class BackendAdapterEnvironmentExecutor(EnvironmentExecutor):
             await self.stop()
             raise
 
-    def _make_run_dir(self, environment_name: str, root: str) -> None:
+    def _make_run_dir(self, environment_name: str, root: str) -> spool.RunDir:
         """Check the spool root, then make this run's directory in it: fresh, 0700, used by descriptor only."""
         try:
             self.spool_root = spool.RunDir.open_root(root, "spool directory")
@@ -201,16 +208,17 @@ class BackendAdapterEnvironmentExecutor(EnvironmentExecutor):
             raise ExecutorStartError(f"environment {environment_name!r}: cannot use spool directory {root}: "
                                      f"{exc.strerror or exc}") from None
         name = f"{environment_name}-{uuid.uuid4().hex[:12]}"
-        self.run_dir = self.spool_root.make_private(_safe_name(name), register=True)
-        self.spool_dir = self.run_dir.path
+        run_dir = self.run_dir = self.spool_root.make_private(_safe_name(name), register=True)
+        self.spool_dir = run_dir.path
+        return run_dir
 
-    async def _start_receiver(self, environment_name: str, config: Mapping[str, Any]) -> None:
+    async def _start_receiver(self, gate: EventGate, config: Mapping[str, Any]) -> None:
         from ..dispatch.receiver import DEFAULT_MAX_BODY, CallbackReceiver
 
         token = config.get("callback_token") or token_from_url(config.get("callback_url")) \
             or base64.urlsafe_b64encode(os.urandom(24)).decode().rstrip("=")
         self._receiver = CallbackReceiver(
-            self._gate, self._on_verified, token=token,
+            gate, self._on_verified, token=token,
             host=config.get("callback_host") or self.default_callback_host(),
             port=int(config.get("callback_port") or 0),
             max_body=int(config.get("callback_max_body") or DEFAULT_MAX_BODY))
@@ -241,8 +249,8 @@ class BackendAdapterEnvironmentExecutor(EnvironmentExecutor):
             self._files = None
         adapter = self.adapter
         try:
-            if adapter is not None and not getattr(adapter, "_closed", False):
-                adapter._closed = True  # the adapter stays readable (e.g. its submission record)
+            if adapter is not None and not getattr(adapter, "closed", False):   # a subclass may skip __init__
+                adapter.closed = True  # the adapter stays readable (e.g. its submission record)
                 await adapter.close()
         finally:
             if self._receiver is not None:
@@ -272,37 +280,31 @@ class BackendAdapterEnvironmentExecutor(EnvironmentExecutor):
             self.spool_root = None
 
     # ---------------------------------------------------------------- frames
-    async def send(self, frame: dict[str, Any]) -> None:
+    async def send(self, frame: Mapping[str, Any]) -> None:
+        """Carry out a command (``RunTask``, ``CancelTask``, ``Shutdown``; or a dict frame of the same shape)."""
         assert self.adapter is not None and self._gate is not None, "executor used before start()"
         kind = frame.get("type")
         if kind == "run_task":
+            run_id = frame["run_id"]
             payload = await self.build_payload(frame)
             self._gate.register(payload["run_id"], payload["signing"]["key"])
-            self._runs[frame["run_id"]] = {"submission": None, "frame": frame}
+            self._runs[run_id] = _Tracked(frame)
             try:
                 submission = self.adapter.submit(payload, frame)
                 if inspect.isawaitable(submission):
                     submission = await submission
             except BaseException:
-                if frame.get("submitted"):   # cancelled just after the job went in: keep it so it can be cancelled
-                    self._runs[frame["run_id"]]["submission"] = frame.get("submission")
-                else:
-                    self._forget(frame["run_id"])
+                tracked = self._runs.get(run_id)
+                if tracked is None or not tracked.recorded:   # no job went in: nothing to cancel later
+                    self._forget(run_id)
                 raise
-            info = self._runs.get(frame["run_id"])
-            if info is not None:
-                info["submission"] = submission
-            record = frame.get("record")
-            if record is not None:
-                record.submission = submission
-                if isinstance(submission, (str, int)) and not record.job_id:
-                    record.job_id = str(submission)
+            self.record_submission(run_id, submission)
         elif kind == "cancel_task":
-            info = self._runs.get(frame["run_id"])
-            if info is None:
+            tracked = self._runs.get(frame["run_id"])
+            if tracked is None:
                 return
             try:
-                outcome = self.adapter.cancel(frame["run_id"], info["submission"], frame)
+                outcome = self.adapter.cancel(frame["run_id"], tracked.submission, frame)
                 if inspect.isawaitable(outcome):
                     await outcome
             finally:
@@ -310,6 +312,19 @@ class BackendAdapterEnvironmentExecutor(EnvironmentExecutor):
                 self._forget(frame["run_id"], keep_gate=True)
         elif kind == "shutdown":
             await self.stop()
+
+    def record_submission(self, run_id: str, submission: Any) -> None:
+        """``run_id`` is submitted as ``submission`` (also when its ``submit`` call is being cancelled: the
+        job exists, so the runtime will cancel it)."""
+        tracked = self._runs.get(run_id)
+        if tracked is None:
+            return
+        tracked.submission, tracked.recorded = submission, True
+        record = tracked.message.get("record")
+        if record is not None:
+            record.submission = submission
+            if isinstance(submission, (str, int)) and not record.job_id:
+                record.job_id = str(submission)
 
     async def recv(self) -> dict[str, Any]:
         assert self._queue is not None, "executor used before start()"
@@ -384,6 +399,17 @@ class BackendAdapterEnvironmentExecutor(EnvironmentExecutor):
         threshold = int(self._config.get("spool_threshold") or DEFAULT_SPOOL_THRESHOLD)
         assert self.run_dir is not None, "executor used before start()"
         return encode_payload(payload, self.run_dir, threshold)
+
+class _Tracked:
+    """A run this executor submitted: its command and what ``submit`` returned (or reported)."""
+
+    __slots__ = ("message", "recorded", "submission")
+
+    def __init__(self, message: Mapping[str, Any]):
+        self.message = message
+        self.submission: Any = None
+        self.recorded = False
+
 
 def _safe_name(name: str) -> str:
     """A directory name made of ``name``: no separators, nothing hidden."""

@@ -1,10 +1,11 @@
 """The executor protocol every environment speaks.
 
-An executor is a small message pipe: ``start``, ``send(frame)``, ``recv() -> frame``, ``stop``. Commands
-go out as ``run_task`` / ``cancel_task`` / ``shutdown`` frames; events come back as ``task_started``,
-``task_result``, ``task_error``, ``task_cancelled`` and ``heartbeat`` frames. Keeping the interface this
-small lets the remote runtime (retries, timeouts, heartbeats, in-flight caps) be written once for every
-executor.
+An executor is a small message pipe: ``start``, ``send(message)``, ``recv() -> frame``, ``stop``. Commands
+go out as ``RunTask`` / ``CancelTask`` / ``Shutdown`` (``wove.dispatch.messages``: frozen, and read-only
+mappings with the published ``run_task`` / ``cancel_task`` / ``shutdown`` frame keys); events come back as
+``task_started``, ``task_result``, ``task_error``, ``task_cancelled`` and ``heartbeat`` frames (dicts or
+``Event``s), which the runtime reads as ``Event``. Keeping the interface this small lets the remote runtime
+(retries, timeouts, heartbeats, in-flight caps) be written once for every executor.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ class EnvironmentExecutor:
                     run_config: Mapping[str, Any]) -> None:
         """Prepare to accept frames (start a process, a server, a connection...)."""
 
-    async def send(self, frame: dict[str, Any]) -> None:
+    async def send(self, frame: Mapping[str, Any]) -> None:
         raise NotImplementedError
 
     async def recv(self) -> dict[str, Any]:

@@ -25,7 +25,7 @@ class LocalExecutor(EnvironmentExecutor):
                     run_config: Mapping[str, Any]) -> None:
         self._events = asyncio.Queue()
 
-    async def send(self, frame: dict[str, Any]) -> None:
+    async def send(self, frame: Mapping[str, Any]) -> None:
         assert self._events is not None, "LocalExecutor.send() before start()"
         kind = frame.get("type")
         if kind == "run_task":
@@ -36,7 +36,7 @@ class LocalExecutor(EnvironmentExecutor):
             if task is not None:
                 task.cancel()
 
-    async def _run(self, frame: dict[str, Any]) -> None:
+    async def _run(self, frame: Mapping[str, Any]) -> None:
         assert self._events is not None
         run_id, task_id = frame["run_id"], frame.get("task_id")
         base = {"run_id": run_id, "task_id": task_id}

@@ -13,13 +13,19 @@ import asyncio
 import logging
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from .. import _config
 from ..dispatch.error_payload import error_dict, rebuild_exception
+from ..dispatch.messages import CancelTask, Delivery, Event, RunTask
 from ..errors import DeliveryOrphanedError, DeliveryTimeoutError, EnvironmentExecutionError
 from .base import EnvironmentExecutor
+
+if TYPE_CHECKING:
+    from .._call import RemoteCall
+    from .._scheduler import Runtime
 
 log = logging.getLogger("wove.dispatch")
 
@@ -76,7 +82,7 @@ class _Run:
         "started",
     )
 
-    def __init__(self, run_id: str, call: Any, future: asyncio.Future[Any], record: RunRecord):
+    def __init__(self, run_id: str, call: RemoteCall, future: asyncio.Future[Any], record: RunRecord):
         self.run_id = run_id
         self.call = call
         self.settings = call.settings
@@ -97,7 +103,7 @@ def make_executor(executor: Any) -> EnvironmentExecutor:
 class RemoteEnvironment:
     """Runs calls through one environment's executor and resolves them from its event frames."""
 
-    def __init__(self, name: str, spec: dict[str, Any], runtime: Any):
+    def __init__(self, name: str, spec: dict[str, Any], runtime: Runtime):
         self.name = name
         self.spec = spec
         self.runtime = runtime
@@ -115,38 +121,26 @@ class RemoteEnvironment:
         self._reader = asyncio.get_running_loop().create_task(self._read_events())
 
     # ------------------------------------------------------------------ running one call
-    async def run(self, call: Any) -> Any:
+    async def run(self, call: RemoteCall) -> Any:
         if self._in_flight is None:
             return await self._run(call)
         async with self._in_flight:
             return await self._run(call)
 
-    def _frame(self, run_id: str, call: Any, record: RunRecord) -> dict[str, Any]:
+    def _message(self, run_id: str, call: RemoteCall, record: RunRecord) -> RunTask:
         settings = call.settings
         task_id = call.task_name if call.map_index is None else f"{call.task_name}[{call.map_index}]"
-        return {
-            "type": "run_task",
-            "run_id": run_id,
-            "task_id": task_id,
-            "task_name": call.task_name,
-            "callable": call.func,
-            "args": (call.args, call.kwargs),
-            "delivery": {
-                "timeout": settings["delivery_timeout"],
-                "heartbeat_seconds": settings["delivery_heartbeat_seconds"],
-                "idempotency_key": _idempotency_key(settings["delivery_idempotency_key"], call),
-                "cancel_mode": settings["delivery_cancel_mode"],
-                "orphan_policy": settings["delivery_orphan_policy"],
-            },
-            "attempt": call.attempt,
-            "map_index": call.map_index,
-            "resources": call.resources,
-            "group": call.group,
-            "workers": settings["workers"],
-            "record": record,
-        }
+        return RunTask(
+            run_id=run_id, task_id=task_id, task_name=call.task_name, callable=call.func,
+            args=(call.args, call.kwargs),
+            delivery=Delivery(
+                timeout=settings["delivery_timeout"], heartbeat_seconds=settings["delivery_heartbeat_seconds"],
+                idempotency_key=_idempotency_key(settings["delivery_idempotency_key"], call),
+                cancel_mode=settings["delivery_cancel_mode"], orphan_policy=settings["delivery_orphan_policy"]),
+            attempt=call.attempt, map_index=call.map_index, resources=call.resources, group=call.group,
+            workers=settings["workers"], record=record)
 
-    async def _run(self, call: Any) -> Any:
+    async def _run(self, call: RemoteCall) -> Any:
         if self._closed is not None:
             raise EnvironmentExecutionError(
                 f"environment {self.name!r} is no longer usable: {self._closed}") from self._closed
@@ -159,16 +153,15 @@ class RemoteEnvironment:
         run = _Run(run_id, call, loop.create_future(), record)
         self._runs[run_id] = run
         submitted = False
-        frame: dict[str, Any] = {}
         try:
             try:
-                frame = self._frame(run_id, call, record)
-                await self.executor.send(frame)
+                await self.executor.send(self._message(run_id, call, record))
                 submitted = True
                 record.state = "SUBMITTED" if record.state == "SUBMITTING" else record.state
                 return await self._wait(run)
             except asyncio.CancelledError:
-                if submitted or frame.get("submitted"):
+                # A job that went in just as the task was cancelled was recorded by its executor: cancel it too.
+                if submitted or record.submission is not None:
                     await self._cancel_remote(run, "the task was cancelled")
                 raise
             except DeliveryTimeoutError:
@@ -234,13 +227,13 @@ class RemoteEnvironment:
             run.future.set_exception(DeliveryOrphanedError(
                 f"task {run.call.task_name!r} was still running remotely when the weave stopped ({reason})"))
             run.future.exception()
-        frame = {"type": "cancel_task", "run_id": run.run_id, "task_id": run.call.task_name,
-                 "delivery_cancel_mode": settings["delivery_cancel_mode"], "delivery_orphan_policy": policy,
-                 "reason": reason, "record": record}
+        message = CancelTask(run_id=run.run_id, task_id=run.call.task_name,
+                             delivery_cancel_mode=settings["delivery_cancel_mode"], delivery_orphan_policy=policy,
+                             reason=reason, record=record)
         if settings["delivery_cancel_mode"] == "require_ack":
             run.acked = asyncio.get_running_loop().create_future()
         try:
-            await asyncio.shield(self.executor.send(frame))
+            await asyncio.shield(self.executor.send(message))
         except Exception as exc:  # cancellation is best effort unless an ack is required
             log.warning("wove: cancelling run %s of task %r failed: %s", run.run_id, run.call.task_name, exc)
         if run.acked is not None:
@@ -273,12 +266,13 @@ class RemoteEnvironment:
             except Exception:
                 log.exception("wove: bad event frame from environment %r: %r", self.name, frame)
 
-    def handle(self, frame: dict[str, Any]) -> None:
+    def handle(self, frame: Mapping[str, Any]) -> None:
         """Apply one event frame; frames for unknown or finished runs are ignored."""
-        run = self._runs.get(frame.get("run_id", ""))
+        event = Event.from_frame(frame)
+        run = self._runs.get(event.run_id)
         if run is None:
             return
-        kind = frame.get("type")
+        kind = event.type
         record = run.record
         if kind == "task_cancelled" and run.acked is not None and not run.acked.done():
             run.acked.set_result(None)
@@ -289,27 +283,27 @@ class RemoteEnvironment:
             run.started = True
             record.started_at = record.started_at or time.time()
             record.state = "RUNNING"
-            record.node = frame.get("node") or frame.get("host") or record.node
-            record.job_id = record.job_id or frame.get("job_id")
+            record.node = event.node or event.host or record.node
+            record.job_id = record.job_id or event.job_id
         elif kind == "task_result":
             record.state, record.outcome = "COMPLETED", "result"
             record.finished_at = time.time()
-            run.future.set_result(frame.get("result"))
+            run.future.set_result(event.result)
         elif kind == "task_error":
             record.state = record.state if record.state not in ("RUNNING", "SUBMITTED") else "FAILED"
             record.outcome = "error"
             record.finished_at = time.time()
-            error = frame.get("error") or error_dict("Error", "remote task failed", source="executor")
-            run.future.set_exception(rebuild_exception(frame.get("exception"), error))
+            error = event.error or error_dict("Error", "remote task failed", source="executor")
+            run.future.set_exception(rebuild_exception(event.exception, error))
         elif kind == "task_cancelled":
             record.state, record.outcome = "CANCELLED", record.outcome or "cancelled"
             record.finished_at = time.time()
-            signal_name = frame.get("signal")
+            signal_name = event.signal
             why = f" by {signal_name}" if signal_name else ""
-            error = frame.get("error") or error_dict(
+            error = event.error or error_dict(
                 "Cancelled", f"the remote run of task {run.call.task_name!r} was cancelled{why} "
                 f"(environment {self.name!r})", source="executor")
-            run.future.set_exception(rebuild_exception(frame.get("exception"), error))
+            run.future.set_exception(rebuild_exception(event.exception, error))
 
     def handles_workers(self, items: int, settings: dict[str, Any]) -> bool:
         """True when the executor can enforce a mapped task's ``workers`` itself (Slurm's array ``%N``).
@@ -341,7 +335,7 @@ class RemoteEnvironment:
         await self.executor.stop()
 
 
-def _idempotency_key(template: Any, call: Any) -> Optional[str]:
+def _idempotency_key(template: Any, call: RemoteCall) -> Optional[str]:
     if template is None:
         return None
     if callable(template):

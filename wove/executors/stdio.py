@@ -93,14 +93,14 @@ class StdioExecutor(EnvironmentExecutor):
         finally:
             self._queue.put_nowait(EnvironmentExecutionError(ending or "stdio executor stopped"))
 
-    async def send(self, frame: dict[str, Any]) -> None:
+    async def send(self, frame: Mapping[str, Any]) -> None:
         assert self.process is not None and self.process.stdin is not None, "executor used before start()"
         kind = frame.get("type")
         if kind == "run_task":
             cloudpickle = cloudpickle_module()
             wire = {
                 "type": "run_task", "run_id": frame["run_id"], "task_id": frame.get("task_id"),
-                "task_name": frame.get("task_name"), "delivery": frame.get("delivery") or {},
+                "task_name": frame.get("task_name"), "delivery": dict(frame.get("delivery") or {}),
                 "callable_pickle": base64.b64encode(cloudpickle.dumps(frame["callable"])).decode("ascii"),
                 "args_pickle": base64.b64encode(cloudpickle.dumps(tuple(frame.get("args") or ((), {})))).decode(),
                 **self._versions,

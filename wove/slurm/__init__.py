@@ -13,83 +13,79 @@ Helpers for a custom ``submit(payload, frame, config)`` (see the README for a fu
 
 Inside a task running on Slurm, ``time_limit_near()`` turns true once the job received the warning signal
 requested with ``executor_config["signal_before_timeout"]`` (a good moment to checkpoint and return).
+
+The package, module by module (each name below is loaded on first use, PEP 562, so a job that only asks
+``time_limit_near()`` imports none of the submit side):
+
+- ``tasks``: job-side helpers (``time_limit_near``). ``custom``: helpers for custom submit callables.
+- ``executor``: ``SlurmExecutor`` and its option checks. ``adapter``: composes the parts below.
+- ``cli``: every Slurm command line and the configured tools; ``commands`` runs them; ``parse`` reads them.
+- ``submit``: batching and arrays. ``pacing``: submit limits and sbatch retries (``limits``: the rooms).
+- ``cancel``: scancel and drain. ``monitor``: jobs that end without reporting. ``states``: the state-to-error
+  table. ``resources``: resource keys as sbatch options. ``errors``: the Slurm exceptions. ``doctor``.
 """
 
 from __future__ import annotations
 
-from typing import Any, Optional
+import importlib
 
-from ..errors import (
-    SlurmBootFailError,
-    SlurmCancelledError,
-    SlurmCommandError,
-    SlurmError,
-    SlurmJobError,
-    SlurmJobFailedError,
-    SlurmNodeFailError,
-    SlurmOutOfMemoryError,
-    SlurmPreemptedError,
-    SlurmQueueTimeoutError,
-    SlurmSubmitLimitError,
-    SlurmTimeLimitError,
-)
-from .adapter import DEFAULT_COMMAND, _job_name
-from .commands import parse_job_id
+TYPE_CHECKING = False  # `typing` is not needed at run time here; jobs import this file
 
-__all__ = [
-    "DEFAULT_COMMAND", "SlurmBootFailError", "SlurmCancelledError", "SlurmCommandError", "SlurmError",
-    "SlurmJobError", "SlurmJobFailedError", "SlurmNodeFailError", "SlurmOutOfMemoryError",
-    "SlurmPreemptedError", "SlurmQueueTimeoutError", "SlurmSubmitLimitError", "SlurmTimeLimitError",
-    "job_environment", "job_name", "parse_job_id", "submit_job", "time_limit_near", "worker_command",
-]
+_EXPORTS = {
+    "time_limit_near": "wove.slurm.tasks",
+    "job_environment": "wove.slurm.custom",
+    "job_name": "wove.slurm.custom",
+    "submit_job": "wove.slurm.custom",
+    "worker_command": "wove.slurm.custom",
+    "parse_job_id": "wove.slurm.parse",
+    "DEFAULT_COMMAND": "wove.slurm.cli",
+    "SlurmBootFailError": "wove.slurm.errors",
+    "SlurmCancelledError": "wove.slurm.errors",
+    "SlurmCommandError": "wove.slurm.errors",
+    "SlurmError": "wove.slurm.errors",
+    "SlurmJobError": "wove.slurm.errors",
+    "SlurmJobFailedError": "wove.slurm.errors",
+    "SlurmNodeFailError": "wove.slurm.errors",
+    "SlurmOutOfMemoryError": "wove.slurm.errors",
+    "SlurmPreemptedError": "wove.slurm.errors",
+    "SlurmQueueTimeoutError": "wove.slurm.errors",
+    "SlurmSubmitLimitError": "wove.slurm.errors",
+    "SlurmTimeLimitError": "wove.slurm.errors",
+}
 
-
-def time_limit_near() -> bool:
-    """True once this job was warned (SIGUSR1 via ``signal_before_timeout``) that its time is nearly up."""
-    from ..dispatch.worker import TIME_WARNING
-
-    return TIME_WARNING.is_set()
+__all__ = sorted(_EXPORTS)
 
 
-def job_environment(payload: dict[str, Any]) -> dict[str, str]:
-    """``{"WOVE_BACKEND_PAYLOAD": ...}`` for a payload: inline when small, a spool reference when large.
-
-    A large payload is written like the default path writes it: into the run's private spool directory,
-    through the descriptor the live environment holds (never through a path someone could have swapped),
-    or, outside a live environment, into ``payload["spool_dir"]`` only if it is yours and nobody else can
-    write it.
-    """
-    from ..dispatch.protocol import PAYLOAD_ENV
-    from ..executors.adapter import DEFAULT_SPOOL_THRESHOLD, encode_payload
-
-    spool_dir = payload.get("spool_dir")
-    if not spool_dir:
-        raise ValueError("payload has no spool_dir: pass the payload wove gave to your submit callable")
-    return {PAYLOAD_ENV: encode_payload(payload, spool_dir, DEFAULT_SPOOL_THRESHOLD)}
+def __getattr__(name: str) -> object:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'wove.slurm' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
 
 
-def worker_command(config: Optional[dict[str, Any]] = None) -> str:
-    """The command the job runs: ``config['command']`` or ``python -m wove.backend_worker``."""
-    return (config or {}).get("command") or DEFAULT_COMMAND
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
 
 
-def job_name(payload: dict[str, Any], config: Optional[dict[str, Any]] = None) -> str:
-    """``<job_name_prefix>-<task name>``, as the default path names jobs."""
-    prefix = (config or {}).get("job_name_prefix", "wove")
-    return f"{prefix}-{_job_name(str(payload.get('task_name') or 'task'))}"
-
-
-async def submit_job(payload: dict[str, Any], *sbatch_args: str, config: Optional[dict[str, Any]] = None,
-                     sbatch: Optional[list[str]] = None) -> str:
-    """Submit ``payload`` the way the default path does, plus ``sbatch_args``; return the job id."""
-    from . import commands
-
-    config = config or {}
-    output: list[str] = []
-    if payload.get("log_dir") and not any(a.startswith(("--output", "-o", "--error", "-e")) for a in sbatch_args):
-        # like the default path: job output in the run's log directory, not the working directory
-        output = [f"--output={payload['log_dir']}/%j.out", f"--error={payload['log_dir']}/%j.err"]
-    argv = [*(sbatch or config.get("sbatch") or ["sbatch", "--parsable"]),
-            f"--job-name={job_name(payload, config)}", *output, *sbatch_args, "--wrap", worker_command(config)]
-    _, out, _ = await commands.run(argv, env=commands.environment_with(job_environment(payload)))
-    return parse_job_id(out)
+if TYPE_CHECKING:  # static type checkers see the real names
+    from .cli import DEFAULT_COMMAND as DEFAULT_COMMAND
+    from .custom import job_environment as job_environment
+    from .custom import job_name as job_name
+    from .custom import submit_job as submit_job
+    from .custom import worker_command as worker_command
+    from .errors import SlurmBootFailError as SlurmBootFailError
+    from .errors import SlurmCancelledError as SlurmCancelledError
+    from .errors import SlurmCommandError as SlurmCommandError
+    from .errors import SlurmError as SlurmError
+    from .errors import SlurmJobError as SlurmJobError
+    from .errors import SlurmJobFailedError as SlurmJobFailedError
+    from .errors import SlurmNodeFailError as SlurmNodeFailError
+    from .errors import SlurmOutOfMemoryError as SlurmOutOfMemoryError
+    from .errors import SlurmPreemptedError as SlurmPreemptedError
+    from .errors import SlurmQueueTimeoutError as SlurmQueueTimeoutError
+    from .errors import SlurmSubmitLimitError as SlurmSubmitLimitError
+    from .errors import SlurmTimeLimitError as SlurmTimeLimitError
+    from .parse import parse_job_id as parse_job_id
+    from .tasks import time_limit_near as time_limit_near

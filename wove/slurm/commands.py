@@ -1,24 +1,21 @@
-"""Running Slurm's command-line tools without blocking the event loop, and reading what they print.
+"""Running Slurm's command-line tools without blocking the event loop.
 
-This module is the only place that starts ``sbatch``, ``scancel``, ``squeue``, ``sacct`` and ``scontrol``.
-Each call is an asyncio subprocess with a timeout; failures become ``SlurmCommandError`` with the command's
-exit code and stderr (an invalid partition, a controller that is down...), never a bare
-``CalledProcessError``.
+The command lines come from ``cli.py`` (the one place that names a Slurm tool); this module runs them. Each
+call is an asyncio subprocess with a timeout; failures become ``SlurmCommandError`` with the command's exit
+code and stderr (an invalid partition, a controller that is down...), never a bare ``CalledProcessError``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-import re
 from collections.abc import Mapping, Sequence
 from typing import Optional
 
-from ..errors import SlurmCommandError
+from .errors import SlurmCommandError
+from .parse import parse_job_id  # noqa: F401  (its old home; callers and tests still find it here)
 
 DEFAULT_TIMEOUT = 60.0
-_PARSABLE = re.compile(r"^\s*(\d+)(?:;(\S+))?\s*$")
-_SUBMITTED = re.compile(r"Submitted batch job (\d+)")
 
 
 async def run(argv: Sequence[str], *, env: Optional[Mapping[str, str]] = None, stdin: Optional[bytes] = None,
@@ -73,16 +70,6 @@ def _short(argv: Sequence[str]) -> str:
             shown.append("...")
             break
     return " ".join(shown)
-
-
-def parse_job_id(output: str) -> str:
-    """The job id in sbatch's output: ``N``, ``N;cluster`` (``--parsable``) or ``Submitted batch job N``."""
-    for line in output.splitlines():
-        match = _PARSABLE.match(line) or _SUBMITTED.search(line)
-        if match:
-            return match.group(1)
-    raise SlurmCommandError(f"could not find a job id in sbatch's output: {output.strip()[:200]!r}",
-                            ["sbatch"], 0, output)
 
 
 def environment_with(extra: Mapping[str, str]) -> dict[str, str]:

@@ -4,7 +4,12 @@ Checks, in order: the Slurm tools exist and the controller answers; accounting (
 task submitted through a real weave runs on a compute node, imports wove and cloudpickle there with
 versions matching this side, and reports back over the callback URL; if that fails, the filesystem
 result channel is tried. Each check prints pass/fail, what was measured, and the exact fix. The exit code
-is 0 only when a task made the round trip.
+is 0 only when a task made the round trip with the environment's configuration as it is (a round trip that
+only worked over the filesystem channel says to set ``result_channel='filesystem'``, and exits 1); 2 when
+the command line names no usable environment or configuration.
+
+Every Slurm command comes from the environment's ``SlurmCli`` (cli.py), so the tools set in its
+``executor_config`` (``sbatch``, ``scancel``, ``squeue``, ``sacct``, ``scontrol``, ``sinfo``) are the ones checked.
 """
 
 from __future__ import annotations
@@ -19,8 +24,13 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from .. import _config
-from ..errors import SlurmJobError, WoveError
-from . import commands, limits
+from ..dispatch import protocol
+from ..errors import UsageError, WoveError
+from . import commands
+from .cli import SlurmCli
+from .errors import SlurmJobError
+
+DETAIL_LIMIT = 1000   # characters of a failure shown on its check's line (cut at a word, never inside one)
 
 
 @dataclass
@@ -45,27 +55,60 @@ def wove_probe() -> dict[str, Any]:
             "job": os.environ.get("SLURM_JOB_ID", "")}
 
 
-async def _tool(name: str, argv: list[str]) -> Check:
+class DoctorUsageError(Exception):
+    """The command line names no environment the doctor can check (exit code 2)."""
+
+
+async def _tool(name: str, key: str, argv: list[str]) -> Check:
+    """``argv`` runs (``key``: the executor_config key that configures this tool)."""
     if shutil.which(argv[0]) is None:
         return Check(name, False, f"{argv[0]} is not on PATH",
                      f"install the Slurm client tools (Debian: apt-get install slurm-client) or add them to PATH; "
-                     f"set executor_config['{argv[0]}'] if they have another name")
+                     f"set executor_config['{key}'] (a command list such as ['/opt/slurm/bin/{key}']) if it has "
+                     "another name or path")
     try:
         await commands.run(argv, timeout=20)
     except WoveError as exc:
-        return Check(name, False, str(exc).splitlines()[0],
+        return Check(name, False, _first_line(str(exc)),
                      "check SLURM_CONF / /etc/slurm/slurm.conf and that slurmctld is running (scontrol ping)")
     return Check(name, True, "answers")
 
 
-async def _limits_check(executor_config: dict[str, Any]) -> Check:
+async def _tool_checks(cli: SlurmCli) -> list[Check]:
+    argvs = cli.doctor_argvs()
+    found = await asyncio.gather(
+        _tool("sbatch", "sbatch", argvs["sbatch"]), _tool("scancel", "scancel", argvs["scancel"]),
+        _tool("squeue (controller answers)", "squeue", argvs["squeue"]), _tool("sinfo", "sinfo", argvs["sinfo"]))
+    sacct = await _tool("sacct (accounting)", "sacct", argvs["sacct"])
+    if not sacct.ok:
+        sacct.fatal = False
+        sacct.fix = ("optional: without accounting wove relies on squeue/scontrol, so failure details are "
+                     "only available while jobs stay in the controller (MinJobAge); set executor_config['sacct'] "
+                     "if sacct has another name or path")
+    checks = [*found, sacct]
+    # squeue exits 1 for an unknown job id; that still means the controller answered.
+    for check in checks:
+        if check.name.startswith("squeue") and "invalid job id" in check.detail.lower():
+            check.ok, check.detail, check.fix = True, "answers", ""
+    return checks
+
+
+def _first_line(text: str, limit: int = DETAIL_LIMIT) -> str:
+    """The first line of a message, whole, or cut at a word boundary with an ellipsis when very long."""
+    line = (text.strip().splitlines() or [""])[0]
+    if len(line) <= limit:
+        return line
+    cut = line[:limit].rsplit(" ", 1)[0] if " " in line[:limit] else line[:limit]
+    return cut.rstrip() + " …"
+
+
+async def _limits_check(cli: SlurmCli, executor_config: dict[str, Any]) -> Check:
     """Not fatal: wove paces submissions under a limit, but a limit used up by other jobs blocks it."""
     try:
-        limit = await limits.read_submit_limit(executor_config.get("scontrol") or ["scontrol"],
-                                               qos=str(executor_config.get("qos") or ""),
-                                               account=str(executor_config.get("account") or ""))
+        limit = await cli.submit_limit(qos=str(executor_config.get("qos") or ""),
+                                       account=str(executor_config.get("account") or ""))
     except WoveError as exc:
-        return Check("submit limits", False, f"cannot be read: {str(exc).splitlines()[0]}",
+        return Check("submit limits", False, f"cannot be read: {_first_line(str(exc))}",
                      "optional: wove then learns them from sbatch refusals; set max_queued_jobs if you know "
                      "your limit", fatal=False)
     if limit is None:
@@ -77,20 +120,40 @@ async def _limits_check(executor_config: dict[str, Any]) -> Check:
                  "admin to raise the limit; wove waits up to submit_retry_seconds for room", fatal=False)
 
 
+def _is_slurm(spec: dict[str, Any]) -> bool:
+    from .executor import SlurmExecutor
+
+    return spec["executor"] == "slurm" or isinstance(spec["executor"], SlurmExecutor)
+
+
 def _environment_spec(args: argparse.Namespace) -> dict[str, Any]:
+    """The executor_config to check: ``--environment``'s, else the default or first Slurm environment's."""
     snap = _config.snapshot()
+    environments = snap["environments"]
     name = args.environment
+    slurm = [n for n, spec in environments.items() if _is_slurm(spec)]
+    if name is not None and (name not in environments or not _is_slurm(environments[name])):
+        configured = ", ".join(f"{n!r} ({_executor_name(spec)})" for n, spec in environments.items())
+        problem = "is not configured" if name not in environments else (
+            f"uses executor {_executor_name(environments[name])!r}, not 'slurm'")
+        hint = (f"pass one of the Slurm environments ({', '.join(map(repr, slurm))})" if slurm else
+                "none of them is a Slurm one: add an environment with 'executor': 'slurm' to wove_config.py "
+                "(or pass --config PATH)")
+        raise DoctorUsageError(f"environment {name!r} {problem}; the configured environments are {configured}; {hint}")
     if name is None:
-        candidates = [n for n, spec in snap["environments"].items() if spec["executor"] == "slurm"]
-        name = snap["default_environment"] if snap["default_environment"] in candidates else (
-            candidates[0] if candidates else None)
-    spec = dict(snap["environments"][name]["executor_config"]) if name else {}
+        name = snap["default_environment"] if snap["default_environment"] in slurm else (slurm[0] if slurm else None)
+    spec = dict(environments[name]["executor_config"]) if name else {}
     if args.command:
         spec["command"] = args.command
     if args.partition:
         spec["partition"] = args.partition
     spec.setdefault("job_name_prefix", "wove-doctor")
     return spec
+
+
+def _executor_name(spec: dict[str, Any]) -> str:
+    executor = spec["executor"]
+    return executor if isinstance(executor, str) else type(executor).__name__
 
 
 def _run_probe(executor_config: dict[str, Any], timeout: float) -> tuple[Optional[dict[str, Any]], float, str]:
@@ -110,7 +173,7 @@ def _run_probe(executor_config: dict[str, Any], timeout: float) -> tuple[Optiona
         _config.config(environments={name: None})
     elapsed = time.perf_counter() - started
     if isinstance(value, BaseException):
-        return None, elapsed, f"{type(value).__name__}: {value}"
+        return None, elapsed, protocol.redact(f"{type(value).__name__}: {value}")   # never print the token
     return value, elapsed, ""
 
 
@@ -159,29 +222,12 @@ def run(args: argparse.Namespace) -> int:
         _config.config(config_file=args.config)
     else:
         _config.config()
-    checks: list[Check] = []
-
-    async def tools() -> list[Check]:
-        found = await asyncio.gather(
-            _tool("sbatch", ["sbatch", "--version"]), _tool("scancel", ["scancel", "--version"]),
-            _tool("squeue (controller answers)", ["squeue", "-h", "-o", "%i", "--states=all", "--jobs=1"]),
-            _tool("sinfo", ["sinfo", "-h"]))
-        sacct = await _tool("sacct (accounting)", ["sacct", "-n", "-X", "--starttime=now"])
-        if not sacct.ok:
-            sacct.fatal = False
-            sacct.fix = ("optional: without accounting wove relies on squeue/scontrol, so failure details are "
-                         "only available while jobs stay in the controller (MinJobAge)")
-        return [*found, sacct]
-
-    checks.extend(asyncio.run(tools()))
-    # squeue exits 1 for an unknown job id; that still means the controller answered.
-    for check in checks:
-        if check.name.startswith("squeue") and "invalid job id" in check.detail.lower():
-            check.ok, check.detail, check.fix = True, "answers", ""
     executor_config = _environment_spec(args)
-    result = None
+    cli = SlurmCli(executor_config)
+    checks = asyncio.run(_tool_checks(cli))
+    result = fallback = None
     if all(c.ok for c in checks if c.fatal):
-        checks.append(asyncio.run(_limits_check(executor_config)))
+        checks.append(asyncio.run(_limits_check(cli, executor_config)))
         result, seconds, error = _run_probe(executor_config, args.timeout)
         if result is not None:
             checks.append(Check("probe task round trip", True,
@@ -190,18 +236,10 @@ def run(args: argparse.Namespace) -> int:
                                 f"wove {result['wove']})"))
             checks.append(_versions_check(result))
         else:
-            checks.append(Check("probe task round trip", False, error.splitlines()[0][:300], _fix_for(error)))
+            checks.append(Check("probe task round trip", False, _first_line(error), _fix_for(error)))
             if executor_config.get("result_channel", "http") == "http" and "could not deliver" in error.lower():
-                fs_result, fs_seconds, fs_error = _run_probe({**executor_config, "result_channel": "filesystem"},
-                                                             args.timeout)
-                if fs_result is not None:
-                    checks.append(Check("filesystem result channel", True,
-                                        f"round trip in {fs_seconds:.2f}s",
-                                        "use executor_config['result_channel'] = 'filesystem'", fatal=False))
-                    result = fs_result
-                else:
-                    checks.append(Check("filesystem result channel", False, fs_error.splitlines()[0][:300],
-                                        _fix_for(fs_error), fatal=False))
+                fallback, fs_check = _filesystem_check(executor_config, args.timeout)
+                checks.append(fs_check)
     else:
         checks.append(Check("probe task round trip", False, "skipped: Slurm tools are not usable",
                             "fix the checks above first"))
@@ -211,9 +249,25 @@ def run(args: argparse.Namespace) -> int:
         print(f"  [{mark}] {check.name}: {check.detail}")
         if not check.ok and check.fix:
             print(f"         fix: {check.fix}")
-    ok = result is not None
-    print("result: a task can make the round trip" if ok else "result: tasks cannot run on this Slurm setup yet")
-    return 0 if ok else 1
+    if result is not None:
+        print("result: a task can make the round trip")
+        return 0
+    if fallback is not None:
+        # Real tasks use the configuration as it is, and it cannot deliver their results: not a pass.
+        print("result: tasks with this configuration cannot report back, but the filesystem result channel works: "
+              "set executor_config['result_channel'] = 'filesystem' (with a spool_dir the compute nodes share)")
+    else:
+        print("result: tasks cannot run on this Slurm setup yet")
+    return 1
+
+
+def _filesystem_check(executor_config: dict[str, Any], timeout: float) -> tuple[Optional[dict[str, Any]], Check]:
+    """The probe again over the filesystem result channel, when the callback URL could not be reached."""
+    result, seconds, error = _run_probe({**executor_config, "result_channel": "filesystem"}, timeout)
+    if result is None:
+        return None, Check("filesystem result channel", False, _first_line(error), _fix_for(error), fatal=False)
+    return result, Check("filesystem result channel", True,
+                         f"round trip in {seconds:.2f}s: set executor_config['result_channel'] = 'filesystem'")
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -227,6 +281,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = parser.parse_args(argv)
     try:
         return run(args)
+    except (DoctorUsageError, UsageError) as exc:   # no such environment; a config file that cannot be used
+        print(f"wove doctor: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130
     except SlurmJobError as exc:  # pragma: no cover - reported through the probe check normally

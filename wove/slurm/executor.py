@@ -7,20 +7,19 @@ can normally reach too. Binding beyond loopback is safe because every event is s
 
 from __future__ import annotations
 
-import re
 import socket
-from collections.abc import Mapping
 from typing import Any, Optional
 
 from ..executors.adapter import BackendAdapterEnvironmentExecutor, validate_dispatch_config
 from . import resources
 from .adapter import SlurmAdapter
+from .cli import TOOLS, SlurmCli
 
 SLURM_KEYS = frozenset({
     # the user's page
     "submit", "command", "sbatch", "scancel", "job_name_prefix",
-    # ours: the other Slurm tools, logs, monitoring
-    "squeue", "sacct", "scontrol", "log_dir", "keep_logs", "poll_interval", "poll_max", "queue_timeout",
+    # ours: the other Slurm tools (sinfo: used by `wove doctor` only), logs, monitoring
+    "squeue", "sacct", "scontrol", "sinfo", "log_dir", "keep_logs", "poll_interval", "poll_max", "queue_timeout",
     "signal_before_timeout", "submit_retry_seconds", "drain_timeout",
     # ours: scale
     "arrays", "items_per_job", "max_array_size", "max_queued_jobs", "oom_retry_factor", "oom_max_mem",
@@ -38,10 +37,10 @@ class SlurmExecutor(BackendAdapterEnvironmentExecutor):
     @property
     def handles_workers(self) -> bool:
         adapter = self.adapter
-        return bool(adapter is not None and adapter.arrays and adapter.custom_submit is None)
+        return isinstance(adapter, SlurmAdapter) and bool(adapter.arrays) and adapter.custom_submit is None
 
     @classmethod
-    def validate_config(cls, config: dict[str, Any], *, environment: str) -> dict[str, Any]:  # type: ignore[override]
+    def validate_config(cls, config: dict[str, Any], *, environment: str) -> dict[str, Any]:
         config = validate_dispatch_config(config, environment=environment, label="slurm", extra_keys=SLURM_KEYS,
                                           adapter_class=None)
         where = f"environment {environment!r}: executor_config"
@@ -52,7 +51,7 @@ class SlurmExecutor(BackendAdapterEnvironmentExecutor):
             value = config.get(key)
             if value is not None and (not isinstance(value, str) or not value.strip()):
                 raise ValueError(f"{where}.{key} must be a non-empty string, got {value!r}")
-        for key in ("sbatch", "scancel", "squeue", "sacct", "scontrol"):
+        for key in TOOLS:
             value = config.get(key)
             if value is not None and not (isinstance(value, (list, tuple)) and value
                                           and all(isinstance(v, str) and v for v in value)):
@@ -89,25 +88,12 @@ class SlurmExecutor(BackendAdapterEnvironmentExecutor):
     async def advertise_host(self, bind_host: str) -> str:
         if bind_host not in ("0.0.0.0", "::", ""):
             return bind_host
-        controller = await _controller_address(self._config)
+        controller = await SlurmCli(self._config).controller_address()
         if controller:
             route = _route_address(controller)
             if route:
                 return route
         return socket.getfqdn()
-
-
-async def _controller_address(config: Mapping[str, Any]) -> Optional[str]:
-    from . import commands
-
-    try:
-        _, out, _ = await commands.run([*(config.get("scontrol") or ["scontrol"]), "show", "config"], timeout=15)
-    except Exception:
-        return None
-    match = re.search(r"^SlurmctldHost\[0\]\s*=\s*([^\s(]+)(?:\(([^)]+)\))?", out, re.MULTILINE)
-    if not match:
-        return None
-    return match.group(2) or match.group(1)
 
 
 def _route_address(host: str) -> Optional[str]:

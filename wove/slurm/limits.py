@@ -11,126 +11,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import pwd
-import re
 import time
 from collections.abc import Awaitable, Sequence
-from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
-from ..errors import SlurmCommandError, SlurmSubmitLimitError
-from . import commands
+from .cli import SlurmCli
+from .errors import SlurmCommandError, SlurmSubmitLimitError
+from .parse import REFUSAL_MARKERS, SubmitLimit, parse_assoc_mgr  # noqa: F401  (read by cli/parse; named here too)
 
 log = logging.getLogger("wove.slurm")
 
-_LIMIT = re.compile(r"\b((?:Max|Grp)SubmitJobs(?:PU|PA)?)=(\d+)\((\d+)\)")
-# The reasons sbatch prints when a submit limit refused a job (AssocMaxSubmitJobLimit, QOSGrpSubmitJobsLimit,
-# QOSMaxSubmitJobPerUserLimit, ...). Not the generic "job submit limit, user's size and/or time limits"
-# sentence: it also covers jobs that can never run (over MaxWall, MaxTRESPerJob).
-REFUSAL_MARKERS = ("maxsubmitjob", "grpsubmitjob")
 REFRESH_SECONDS = 0.5   # re-read the controller's counts at most this often while waiting for room
 
 
-@dataclass
-class SubmitLimit:
-    """The tightest submit limit that applies to the user's jobs, and how much of it is in use."""
-
-    limit: int
-    used: int
-    source: str   # e.g. "MaxSubmitJobs of association account=root user=root"
-
-    @property
-    def free(self) -> int:
-        return max(0, self.limit - self.used)
-
-
-def _records(text: str) -> list[tuple[dict[str, str], list[str]]]:
-    """Split assoc_mgr output into records: the header line's fields, and the record's other lines."""
-    records: list[tuple[dict[str, str], list[str]]] = []
-    for raw in text.splitlines():
-        if not raw.strip():
-            continue
-        if not raw.startswith(" "):
-            records.append((dict(token.partition("=")[::2] for token in raw.split() if "=" in token), []))
-        elif records:
-            records[-1][1].append(raw.strip())
-    return records
-
-
-def _field(lines: list[str], name: str) -> str:
-    for line in lines:
-        for token in line.split():
-            key, sep, value = token.partition("=")
-            if sep and key == name:
-                return value
-    return ""
-
-
-def _limits_in(lines: list[str], source: str, group_only: bool = False) -> list[SubmitLimit]:
-    found = []
-    for line in lines:
-        for name, limit, used in _LIMIT.findall(line):
-            if not group_only or name.startswith("Grp"):
-                found.append(SubmitLimit(int(limit), int(used), f"{name} of {source}"))
-    return found
-
-
-def parse_assoc_mgr(text: str, uid: int, qos: str = "normal", account: str = "") -> Optional[SubmitLimit]:
-    """The tightest submit limit in ``scontrol show assoc_mgr flags=assoc,qos`` output for this user's jobs.
-
-    Counted: the user's association for ``account`` (else the default one, ``DefAssoc=Yes``), the ``Grp``
-    limits of that account and of its parents (``ParentAccount``), and the job's QOS: its group limit, and its
-    per-user and per-account limits for this user and that account.
-    """
-    records = _records(text)
-    assocs = [(fields, lines) for fields, lines in records if "ClusterName" in fields]
-    accounts = {fields.get("Account", ""): lines for fields, lines in assocs if not fields.get("UserName")}
-    mine = [(fields, lines) for fields, lines in assocs
-            if fields.get("UserName", "").endswith(f"({uid})") and not fields.get("Partition")]
-    if account:
-        mine = [entry for entry in mine if entry[0].get("Account") == account]
-    else:
-        mine = [entry for entry in mine if _field(entry[1], "DefAssoc") == "Yes"] or mine
-    found: list[SubmitLimit] = []
-    used_accounts = set()
-    for fields, lines in mine:
-        current = fields.get("Account", "")
-        used_accounts.add(current)
-        found += _limits_in(lines, f"association account={current} user={fields['UserName'].split('(')[0]}")
-        seen = set()
-        while current in accounts and current not in seen:   # the account and its parents
-            seen.add(current)
-            found += _limits_in(accounts[current], f"association account={current}", group_only=True)
-            current = _field(accounts[current], "ParentAccount").split("(")[0]
-    for fields, lines in records:
-        if fields.get("QOS", "").split("(")[0] != qos or "ClusterName" in fields:
-            continue
-        part, applies = "", True
-        for line in lines:
-            if line in ("Account Limits", "User Limits"):
-                part = line
-            elif part and _LIMIT.search(line) is None and "=" not in line:   # an account name or a uid
-                applies = line == str(uid) if part == "User Limits" else line in used_accounts or not mine
-            elif not part or applies:
-                found += _limits_in([line], f"QOS {qos}")
-    return min(found, key=lambda limit: limit.free, default=None)
-
-
 async def read_submit_limit(scontrol: Sequence[str], qos: str = "", account: str = "") -> Optional[SubmitLimit]:
-    """Ask the controller for the user's tightest submit limit; ``None`` when none applies.
-
-    Raises :class:`SlurmCommandError` when the controller cannot be asked (no accounting, ``PrivateData``,
-    controller away): the caller decides what an unknown limit means.
-    """
-    uid = os.getuid()
-    try:
-        user = pwd.getpwuid(uid).pw_name
-    except KeyError:
-        user = str(uid)
-    _, out, _ = await commands.run([*scontrol, "show", "assoc_mgr", f"users={user}", "flags=assoc,qos"],
-                                   timeout=30.0)
-    return parse_assoc_mgr(out, uid, qos or "normal", account)
+    """The user's tightest submit limit, asked with this ``scontrol`` (see ``SlurmCli.submit_limit``)."""
+    return await SlurmCli({"scontrol": scontrol}).submit_limit(qos, account)
 
 
 class SubmitRoom:
@@ -252,7 +148,7 @@ class SubmitRoom:
         limit = self.limit
         if limit is not None and limit.free - self.reserved < needed:
             what = f"{limit.source} is {limit.limit} and {limit.used} jobs already count against it"
-            numbers = {"limit": limit.limit, "used": limit.used, "source": limit.source}
+            numbers: dict[str, Any] = {"limit": limit.limit, "used": limit.used, "source": limit.source}
         else:
             what = f"max_queued_jobs is {self.cap}"
             numbers = {"limit": self.cap, "used": None, "source": "max_queued_jobs"}

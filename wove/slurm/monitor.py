@@ -12,21 +12,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import pwd
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
-from ..errors import SlurmCommandError, SlurmQueueTimeoutError
-from . import commands
-from .states import JobInfo, JobState, job_error, parse_duration, parse_exit
+from .cli import SlurmCli
+from .errors import SlurmCommandError, SlurmQueueTimeoutError
+from .states import JobInfo, JobState, job_error, record_state
 
 log = logging.getLogger("wove.slurm")
 
-_SQUEUE_FIELDS = ("JobID", "JobArrayID", "ArrayTaskID", "State", "Reason", "NodeList", "TimeUsed",
-                  "TimeLimit", "MinMemory", "exit_code", "RestartCnt", "STDERR")
-_SACCT_FIELDS = ("JobID", "State", "ExitCode", "NodeList", "ElapsedRaw", "ReqMem", "Timelimit", "Reason")
 STDERR_TAIL_LINES = 20
 # Pending reasons that are not queue time: wove's own array throttle (workers=N) and dependencies.
 _NOT_QUEUE_WAIT = ("JobArrayTaskLimit", "Dependency")
@@ -57,14 +53,17 @@ class TrackedJob:
 class JobMonitor:
     """Polls Slurm for the state of tracked jobs and reports the ones that died silently."""
 
-    def __init__(self, report: Callable[[str, dict[str, Any]], None], *, squeue: Sequence[str] = ("squeue",),
-                 sacct: Sequence[str] = ("sacct",), scontrol: Sequence[str] = ("scontrol",),
-                 scancel: Sequence[str] = ("scancel",), poll_interval: float = 1.0, poll_max: float = 15.0,
-                 grace: float = 1.0, queue_timeout: Optional[float] = None, callback_url: str = "",
-                 read_stderr: bool = True):
+    def __init__(self, report: Callable[[str, dict[str, Any]], None], cli: Optional[SlurmCli] = None, *,
+                 poll_interval: float = 1.0, poll_max: float = 15.0, grace: float = 1.0,
+                 queue_timeout: Optional[float] = None, callback_url: str = "", read_stderr: bool = True,
+                 **tools: Sequence[str]):
+        """``cli`` runs the Slurm commands (the adapter's); without it, ``tools`` (``squeue=[...]``, ``sacct``,
+        ``scontrol``, ``scancel``) make one, as ``executor_config`` would."""
+        unknown = set(tools) - {"squeue", "sacct", "scontrol", "scancel"}
+        if unknown:
+            raise TypeError(f"JobMonitor() got unexpected keyword arguments {sorted(unknown)}")
         self._report = report
-        self.squeue, self.sacct, self.scontrol, self.scancel = list(squeue), list(sacct), list(scontrol), \
-            list(scancel)
+        self.cli = cli or SlurmCli(tools)
         self.poll_floor = poll_interval
         self.poll_max = max(poll_max, poll_interval)
         self.grace = grace
@@ -240,7 +239,7 @@ class JobMonitor:
         job.info = info
         changed = previous is None or previous.state != info.state
         for record in job.runs.values():
-            record.state = info.state.value
+            record.state = record_state(info.state)
             record.reason = info.reason if info.reason not in ("None", "") else record.reason
             if info.node:
                 record.node = info.node
@@ -288,7 +287,7 @@ class JobMonitor:
             error = job_error(info, tail, task=job.task, log_path=path if os.path.exists(path) else "",
                               memory_history=job.memory_history, cancelled_signal=signal_name,
                               callback_url=self.callback_url)
-            record.state = info.state.value
+            record.state = record_state(info.state)
             self._report(run_id, {"type": "task_error", "run_id": run_id, "exception": error,
                                   "error": {"kind": type(error).__name__, "message": str(error),
                                             "traceback": "", "retryable": False, "source": "executor"}})
@@ -312,37 +311,14 @@ class JobMonitor:
 
     async def _scancel(self, keys: list[str]) -> None:
         try:
-            await commands.run([*self.scancel, *keys], timeout=30.0)
+            await self.cli.cancel(keys)
         except SlurmCommandError as exc:
             log.warning("wove: scancel %s failed: %s", " ".join(keys), exc)
 
     # ------------------------------------------------------------------ Slurm queries
     async def _squeue(self, base_ids: list[str], purpose: str = "squeue") -> dict[str, JobInfo]:
         self.calls[purpose] = self.calls.get(purpose, 0) + 1
-        fmt = ",".join(f"{name}:|" for name in _SQUEUE_FIELDS)
-        code, out, err = await commands.run(
-            [*self.squeue, "--noheader", "--array", "--states=all", f"--jobs={','.join(base_ids)}",
-             f"--Format={fmt}"], timeout=30.0, check=False)
-        if code != 0:
-            if "Invalid job id" in err:
-                return {}  # every job already left the controller: sacct will know
-            raise SlurmCommandError(f"squeue failed with exit code {code}: {err.strip()}", self.squeue, code, err)
-        infos = {}
-        for line in out.splitlines():
-            parts = line.split("|")
-            if len(parts) < len(_SQUEUE_FIELDS):
-                continue
-            row = dict(zip(_SQUEUE_FIELDS, (p.strip() for p in parts)))
-            key = row["JobArrayID"] or row["JobID"]   # "123_4" for array elements, "123" otherwise
-            status = int(row["exit_code"]) if row["exit_code"].isdigit() else None
-            exit_code, signal = (status >> 8, (status & 0x7F) or None) if status is not None else (None, None)
-            infos[key] = JobInfo(
-                key=key, state=JobState.parse(row["State"]), reason=row["Reason"], node=row["NodeList"],
-                exit_code=exit_code, signal=signal, elapsed=parse_duration(row["TimeUsed"]),
-                requested_memory=_mem_text(row["MinMemory"]), requested_time=row["TimeLimit"],
-                stderr_path=_expand(row["STDERR"], row), restarts=int(row["RestartCnt"] or 0)
-                if row["RestartCnt"].isdigit() else 0)
-        return infos
+        return await self.cli.squeue_jobs(base_ids)
 
     async def active_jobs(self, base_ids: list[str]) -> list[str]:
         """Keys of the given jobs that are still pending, running or completing."""
@@ -353,74 +329,15 @@ class JobMonitor:
         if self.accounting is False:
             return {}
         self.calls["sacct"] += 1
-        try:
-            code, out, err = await commands.run(
-                [*self.sacct, "--noheader", "--parsable2", "--allocations", f"--jobs={','.join(base_ids)}",
-                 f"--format={','.join(_SACCT_FIELDS)}"], timeout=30.0, check=False)
-        except SlurmCommandError:  # sacct not installed
-            self.accounting = False
-            return {}
-        if code != 0:
-            if "accounting storage is disabled" in err.lower() or "not configured" in err.lower():
-                self.accounting = False
-            return {}
-        self.accounting = True
-        infos = {}
-        for line in out.splitlines():
-            parts = line.split("|")
-            if len(parts) < len(_SACCT_FIELDS):
-                continue
-            row = dict(zip(_SACCT_FIELDS, parts))
-            exit_code, signal = parse_exit(row["ExitCode"])
-            state_text = row["State"]
-            by = ""
-            if " by " in state_text:
-                by = _user_name(state_text.split(" by ", 1)[1].strip())
-            infos[row["JobID"]] = JobInfo(
-                key=row["JobID"], state=JobState.parse(state_text), reason=row["Reason"], node=row["NodeList"],
-                exit_code=exit_code, signal=signal,
-                elapsed=float(row["ElapsedRaw"]) if row["ElapsedRaw"].isdigit() else None,
-                requested_memory=row["ReqMem"], requested_time=row["Timelimit"], cancelled_by=by)
+        accounting, infos = await self.cli.sacct_jobs(base_ids)
+        if accounting is not None:   # None: sacct failed this once, which says nothing about accounting
+            self.accounting = accounting
         return infos
 
     async def _scontrol(self, job_id: str) -> dict[str, JobInfo]:
         """``scontrol show job`` for a job that left ``squeue``'s view (clusters without accounting)."""
         self.calls["scontrol"] += 1
-        try:
-            code, out, _ = await commands.run([*self.scontrol, "--oneliner", "show", "job", job_id], timeout=30.0,
-                                              check=False)
-        except SlurmCommandError:
-            return {}
-        infos = {}
-        for line in out.splitlines() if code == 0 else []:
-            fields: dict[str, str] = {}
-            for token in line.split():
-                name, sep, value = token.partition("=")
-                if sep:
-                    fields.setdefault(name, value)
-            array_job, task = fields.get("ArrayJobId"), fields.get("ArrayTaskId")
-            key = f"{array_job}_{task}" if array_job and task and task.isdigit() else fields.get("JobId", "")
-            exit_code, signal = parse_exit(fields.get("ExitCode", ""))
-            infos[key] = JobInfo(key=key, state=JobState.parse(fields.get("JobState", "")),
-                                 reason=fields.get("Reason", ""), node=fields.get("NodeList", ""),
-                                 exit_code=exit_code, signal=signal, elapsed=parse_duration(fields.get("RunTime", "")),
-                                 requested_time=fields.get("TimeLimit", ""), stderr_path=fields.get("StdErr", ""),
-                                 restarts=int(fields.get("Restarts", "0") or 0))
-        return infos
-
-
-def _mem_text(value: str) -> str:
-    value = value.strip()
-    return value if not value or value[-1].isalpha() else f"{value}M"
-
-
-def _expand(path: str, row: dict[str, str]) -> str:
-    """Replace the filename patterns sbatch understands (%j, %A, %a) with this job's values."""
-    if "%" not in path:
-        return path
-    job = row["JobID"]
-    array_job = row["JobArrayID"].split("_", 1)[0]
-    return path.replace("%A", array_job).replace("%a", row["ArrayTaskID"]).replace("%j", job)
+        return await self.cli.scontrol_job(job_id)
 
 
 def _tail(path: str, lines: int = STDERR_TAIL_LINES) -> str:
@@ -434,9 +351,3 @@ def _tail(path: str, lines: int = STDERR_TAIL_LINES) -> str:
         return ""
     return "\n".join(data.splitlines()[-lines:])
 
-
-def _user_name(uid_text: str) -> str:
-    try:
-        return pwd.getpwuid(int(uid_text)).pw_name
-    except (ValueError, KeyError):
-        return uid_text

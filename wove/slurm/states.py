@@ -1,5 +1,8 @@
 """Slurm job states, and turning a job that ended without reporting into the right ``SlurmJobError``.
 
+``RunRecord.state`` holds Slurm's name for the job's state as a :class:`RecordState`: a plain string to read and
+compare, which also carries its ``phase`` for the progress line, so the core never tests Slurm's names.
+
 Each error says what happened in Slurm's words (state, exit code, node, elapsed time, requested memory and
 time, the tail of the job's stderr) and what to change, so the user does not have to go digging in
 ``sacct`` to find out why a task died.
@@ -11,8 +14,8 @@ import enum
 from dataclasses import dataclass
 from typing import Optional
 
-from .. import errors
 from ..dispatch.protocol import redact
+from . import errors
 
 
 class JobState(str, enum.Enum):
@@ -62,6 +65,28 @@ class JobState(str, enum.Enum):
                         JobState.REQUEUE_FED, JobState.RESV_DEL_HOLD)
 
 
+class RecordState(str):
+    """A Slurm state as written on ``RunRecord.state`` (``"PENDING"``, ``"COMPLETING"``...), plus its ``phase``.
+
+    ``phase`` is ``"running"`` or ``"pending"``: how ``weave(progress=True)`` counts a record in this state.
+    """
+
+    phase: str
+
+    def __new__(cls, name: str, phase: str) -> RecordState:
+        self = super().__new__(cls, name)
+        self.phase = phase
+        return self
+
+    def __reduce__(self):
+        return (RecordState, (str(self), self.phase))
+
+
+def record_state(state: JobState) -> RecordState:
+    """What to write on a run's record for a job in ``state``."""
+    return _RECORD_STATES[state]
+
+
 _TERMINAL = frozenset({JobState.COMPLETED, JobState.CANCELLED, JobState.FAILED, JobState.TIMEOUT,
                        JobState.NODE_FAIL, JobState.PREEMPTED, JobState.BOOT_FAIL, JobState.DEADLINE,
                        JobState.OUT_OF_MEMORY, JobState.REVOKED})
@@ -70,6 +95,9 @@ _SHORT = {"PD": "PENDING", "R": "RUNNING", "CG": "COMPLETING", "CD": "COMPLETED"
           "DL": "DEADLINE", "OOM": "OUT_OF_MEMORY", "CF": "CONFIGURING", "S": "SUSPENDED", "ST": "STOPPED",
           "RQ": "REQUEUED", "RH": "REQUEUE_HOLD", "RF": "REQUEUE_FED", "RS": "RESIZING", "SI": "SIGNALING",
           "SO": "STAGE_OUT", "SE": "SPECIAL_EXIT", "RV": "REVOKED", "RD": "RESV_DEL_HOLD"}
+
+_RECORD_STATES = {state: RecordState(state.value, "running" if state in (JobState.RUNNING, JobState.COMPLETING)
+                                     else "pending") for state in JobState}
 
 
 @dataclass
