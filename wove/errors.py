@@ -221,7 +221,15 @@ _SLURM_NAMES = (
 _SLURM_HELPERS = ("_rebuild_limit_error", "_rebuild_job_error")
 
 
+_LAZY = ("TaskTimeoutError",)
+
+
 def __getattr__(name: str) -> Any:
+    if name == "TaskTimeoutError":   # defined beside asyncio's TimeoutError, which it also is (3.9+)
+        from ._call import TaskTimeoutError
+
+        globals()[name] = TaskTimeoutError
+        return TaskTimeoutError
     if name in _SLURM_NAMES or name in _SLURM_HELPERS:
         from .slurm import errors as slurm_errors
 
@@ -232,8 +240,8 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_SLURM_NAMES))
+    return sorted(set(globals()) | set(_SLURM_NAMES) | {"TaskTimeoutError"})
 
 
 __all__ = [*(name for name, value in list(globals().items())
-             if isinstance(value, type) and issubclass(value, BaseException)), *_SLURM_NAMES]
+             if isinstance(value, type) and issubclass(value, BaseException)), *_SLURM_NAMES, *_LAZY]

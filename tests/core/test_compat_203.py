@@ -397,3 +397,17 @@ def test_core_modules_raise_no_bare_builtin_errors():
                 if isinstance(builtin, type) and issubclass(builtin, Exception):
                     found.append(f"{module}:{node.lineno} raise {name}(...)")
     assert found == []
+
+
+def test_a_task_timeout_is_a_wove_error_and_an_asyncio_timeout():
+    import asyncio
+
+    from wove import weave
+    from wove.errors import TaskTimeoutError, WoveError
+
+    with pytest.raises(asyncio.TimeoutError, match=r"timed out after 0\.05s") as caught:
+        with weave() as w:
+            @w.do(timeout=0.05)
+            async def slow():
+                await asyncio.sleep(5)
+    assert isinstance(caught.value, TaskTimeoutError) and isinstance(caught.value, WoveError)
