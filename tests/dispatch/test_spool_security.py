@@ -373,3 +373,8 @@ def test_config_errors_do_not_show_the_token():
         validate_dispatch_config({"callback_token": "other-secret",
                                   "callback_url": f"https://h/wove/events/{SECRET}"}, environment="e")
     assert SECRET not in str(info.value) and "other-secret" not in str(info.value)
+
+
+def test_redaction_keeps_the_text_after_the_token():
+    text = "could not deliver task_result to http://h:1/wove/events/abcDEF_-12: ConnectionRefusedError"
+    assert protocol.redact(text) == "could not deliver task_result to http://h:1/wove/events/…: ConnectionRefusedError"

@@ -95,7 +95,7 @@ def verify_digest(key: str, run_id: str, event: str, incarnation: int, seq: int,
 
 
 EVENTS_PATH = "/wove/events/"
-_TOKEN_END = frozenset(" \t\r\n/?#'\"<>()[]{},;`")
+_TOKEN_END = frozenset(" \t\r\n/?#'\"<>()[]{},;:`")
 
 
 def redact(text: str) -> str:
