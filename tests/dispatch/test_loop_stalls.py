@@ -4,6 +4,7 @@ over 50 ms while a 50 MB argument is pickled and spooled for a remote task and i
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import threading
 import time
@@ -61,8 +62,35 @@ def longest_stall(channel: str) -> tuple[float, AdapterLog, int]:
     return max(gaps), log, len(gaps)
 
 
+@pytest.fixture
+def quiet_heap():
+    """Keep the objects of every earlier test out of the garbage collector's way while measuring.
+
+    After hundreds of tests the process holds a large heap, and one full collection of it (which can run
+    on any thread, the loop's included) takes longer than the stall measured here: that is the test
+    process's cost, not wove's. ``gc.freeze`` sets those objects aside; the pauses left are reported.
+    """
+    pauses: list[float] = []
+    started: list[float] = []
+
+    def timing(phase: str, info: dict) -> None:
+        if phase == "start":
+            started.append(time.perf_counter())
+        elif started:
+            pauses.append(time.perf_counter() - started.pop())
+
+    gc.collect()
+    gc.freeze()
+    gc.callbacks.append(timing)
+    try:
+        yield pauses
+    finally:
+        gc.callbacks.remove(timing)
+        gc.unfreeze()
+
+
 @pytest.mark.parametrize("channel", ["http", "filesystem"])
-def test_no_loop_stall_while_50_mb_go_out_and_come_back(spool_dir, channel):
+def test_no_loop_stall_while_50_mb_go_out_and_come_back(spool_dir, channel, quiet_heap):
     # A stall must show up twice to count: on a shared 2-core machine another process can hold the CPU
     # for a moment, while a loop that blocks on the data stalls for about a second every time.
     stalls = []
@@ -73,4 +101,5 @@ def test_no_loop_stall_while_50_mb_go_out_and_come_back(spool_dir, channel):
         stalls.append(stall)
         if stall < 0.050:
             break
-    assert min(stalls) < 0.050, f"longest event-loop stalls {[round(s * 1000) for s in stalls]} ms"
+    assert min(stalls) < 0.050, (f"longest event-loop stalls {[round(s * 1000) for s in stalls]} ms; longest "
+                                 f"garbage collection {round(max(quiet_heap, default=0) * 1000)} ms")
