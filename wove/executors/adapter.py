@@ -28,7 +28,7 @@ from ..dispatch.payload import (
     import_path,
 )
 from ..dispatch.settings import DISPATCH_KEYS, RESULT_CHANNELS, token_from_url, validate_dispatch_config
-from ..errors import ExecutorStartError
+from ..errors import ExecutorStartError, InvalidTypeError
 from .base import EnvironmentExecutor
 
 __all__ = ["DEFAULT_SPOOL_THRESHOLD", "DISPATCH_KEYS", "RESULT_CHANNELS", "BackendAdapter",
@@ -132,7 +132,7 @@ class BackendAdapterEnvironmentExecutor(EnvironmentExecutor):
                  adapter_options: Optional[Mapping[str, Any]] = None):
         if adapter_class is None or not (isinstance(adapter_class, type)
                                          and issubclass(adapter_class, BackendAdapter)):
-            raise TypeError(f"adapter_class must be a BackendAdapter subclass, got {adapter_class!r}")
+            raise InvalidTypeError(f"adapter_class must be a BackendAdapter subclass, got {adapter_class!r}")
         self.adapter_name = name
         self.adapter_class = adapter_class
         self.adapter_options = dict(adapter_options or {})

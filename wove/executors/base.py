@@ -13,6 +13,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from ..errors import InvalidValueError
+
 
 class EnvironmentExecutor:
     """Base class for executors. Subclasses implement the four async methods.
@@ -43,7 +45,7 @@ class EnvironmentExecutor:
             from .._config import unknown_key_message
             for key in config:
                 if key not in cls.config_keys:
-                    raise ValueError(unknown_key_message(
+                    raise InvalidValueError(unknown_key_message(
                         f"executor_config key for environment {environment!r} ({cls.__name__}):",
                         key, cls.config_keys or ["(none)"]))
         return config

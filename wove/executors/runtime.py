@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Optional
 from .. import _config
 from ..dispatch.error_payload import error_dict, rebuild_exception
 from ..dispatch.messages import CancelTask, Delivery, Event, RunTask
-from ..errors import DeliveryOrphanedError, DeliveryTimeoutError, EnvironmentExecutionError
+from ..errors import DeliveryOrphanedError, DeliveryTimeoutError, EnvironmentExecutionError, InvalidValueError
 from .base import EnvironmentExecutor
 
 if TYPE_CHECKING:
@@ -343,6 +343,6 @@ def _idempotency_key(template: Any, call: RemoteCall) -> Optional[str]:
     try:
         return template.format(*call.args, **call.kwargs)
     except (KeyError, IndexError) as exc:
-        raise ValueError(
+        raise InvalidValueError(
             f"delivery_idempotency_key {template!r} refers to {exc}, which is not an argument of task "
             f"{call.task_name!r} (arguments: {', '.join(call.kwargs) or 'none'})") from None

@@ -18,7 +18,7 @@ from typing import Any, Optional
 
 from ..dispatch import protocol
 from ..dispatch.events import unpack
-from ..errors import EnvironmentExecutionError, ExecutorStartError
+from ..errors import EnvironmentDefinitionError, EnvironmentExecutionError, ExecutorStartError
 from .adapter import cloudpickle_module, import_path
 from .base import EnvironmentExecutor
 
@@ -41,13 +41,14 @@ class StdioExecutor(EnvironmentExecutor):
         command = config.get("command")
         if command is not None and not (isinstance(command, str) and command.strip()) and not (
                 isinstance(command, (list, tuple)) and command and all(isinstance(c, str) for c in command)):
-            raise ValueError(f"environment {environment!r}: executor_config.command must be a command string "
-                             f"or a list of strings, got {command!r}")
+            raise EnvironmentDefinitionError(
+                f"environment {environment!r}: executor_config.command must be a command string or a list of "
+                f"strings, got {command!r}")
         env = config.get("env")
         if env is not None and not (isinstance(env, Mapping) and all(
                 isinstance(k, str) and isinstance(v, str) for k, v in env.items())):
-            raise ValueError(f"environment {environment!r}: executor_config.env must be a dict of strings, "
-                             f"got {env!r}")
+            raise EnvironmentDefinitionError(
+                f"environment {environment!r}: executor_config.env must be a dict of strings, got {env!r}")
         return config
 
     async def start(self, *, environment_name: str, environment_config: Mapping[str, Any],

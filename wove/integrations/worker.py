@@ -12,6 +12,7 @@ from typing import Any, Union
 
 from ..dispatch import protocol
 from ..dispatch.worker import run_payloads
+from ..errors import InvalidTypeError
 
 
 def _payloads(payload: Union[dict[str, Any], str]) -> list[dict[str, Any]]:
@@ -19,7 +20,7 @@ def _payloads(payload: Union[dict[str, Any], str]) -> list[dict[str, Any]]:
         return [payload]
     if isinstance(payload, str):
         return protocol.read_payload(payload)
-    raise TypeError(f"payload must be a dict or the encoded payload string, got {type(payload).__name__}")
+    raise InvalidTypeError(f"payload must be a dict or the encoded payload string, got {type(payload).__name__}")
 
 
 def run(payload: Union[dict[str, Any], str]) -> int:

@@ -12,6 +12,7 @@ and stderr); what the tools print is read by ``parse.py``.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import pwd
@@ -171,10 +172,8 @@ class SlurmCli:
         controller away): the caller decides what an unknown limit means.
         """
         uid = os.getuid()
-        try:
-            user = pwd.getpwuid(uid).pw_name
-        except KeyError:
-            user = str(uid)
+        # a user lookup may go to LDAP/NIS: off the event loop
+        user = await asyncio.get_running_loop().run_in_executor(None, _user_name, uid)
         _, out, _ = await commands.run([*self.scontrol, "show", "assoc_mgr", f"users={user}", "flags=assoc,qos"],
                                        timeout=QUERY_TIMEOUT)
         return parse.parse_assoc_mgr(out, uid, qos or "normal", account)
@@ -193,3 +192,10 @@ class SlurmCli:
 
 def safe_job_name(task: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", task)[:100] or "task"
+
+
+def _user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
+from ..errors import InvalidValueError
 from . import commands
 from .cli import SlurmCli
 from .parse import parse_job_id
@@ -30,7 +31,7 @@ def job_environment(payload: dict[str, Any]) -> dict[str, str]:
 
     spool_dir = payload.get("spool_dir")
     if not spool_dir:
-        raise ValueError("payload has no spool_dir: pass the payload wove gave to your submit callable")
+        raise InvalidValueError("payload has no spool_dir: pass the payload wove gave to your submit callable")
     return {PAYLOAD_ENV: encode_payload(payload, spool_dir, DEFAULT_SPOOL_THRESHOLD)}
 
 

@@ -7,9 +7,11 @@ can normally reach too. Binding beyond loopback is safe because every event is s
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from typing import Any, Optional
 
+from ..errors import InvalidValueError
 from ..executors.adapter import BackendAdapterEnvironmentExecutor, validate_dispatch_config
 from . import resources
 from .adapter import SlurmAdapter
@@ -46,16 +48,17 @@ class SlurmExecutor(BackendAdapterEnvironmentExecutor):
         where = f"environment {environment!r}: executor_config"
         submit = config.get("submit")
         if submit is not None and not callable(submit):
-            raise ValueError(f"{where}.submit must be a callable (payload, frame, config) -> job id, got {submit!r}")
+            raise InvalidValueError(
+                f"{where}.submit must be a callable (payload, frame, config) -> job id, got {submit!r}")
         for key in ("command", "job_name_prefix", "log_dir", "oom_max_mem"):
             value = config.get(key)
             if value is not None and (not isinstance(value, str) or not value.strip()):
-                raise ValueError(f"{where}.{key} must be a non-empty string, got {value!r}")
+                raise InvalidValueError(f"{where}.{key} must be a non-empty string, got {value!r}")
         for key in TOOLS:
             value = config.get(key)
             if value is not None and not (isinstance(value, (list, tuple)) and value
                                           and all(isinstance(v, str) and v for v in value)):
-                raise ValueError(f"{where}.{key} must be a non-empty list of strings such as "
+                raise InvalidValueError(f"{where}.{key} must be a non-empty list of strings such as "
                                  f"['{key}'], got {value!r}")
         for key, minimum in (("poll_interval", 0.05), ("poll_max", 0.05), ("queue_timeout", 0.1),
                              ("signal_before_timeout", 1), ("submit_retry_seconds", 0), ("drain_timeout", 0),
@@ -63,15 +66,16 @@ class SlurmExecutor(BackendAdapterEnvironmentExecutor):
             value = config.get(key)
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
                                       or value < minimum):
-                raise ValueError(f"{where}.{key} must be a number >= {minimum}, got {value!r}")
+                raise InvalidValueError(f"{where}.{key} must be a number >= {minimum}, got {value!r}")
         for key in ("items_per_job", "max_array_size", "max_queued_jobs"):
             value = config.get(key)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise ValueError(f"{where}.{key} must be an integer >= 1, got {value!r}")
+                raise InvalidValueError(f"{where}.{key} must be an integer >= 1, got {value!r}")
         if "arrays" in config and not isinstance(config["arrays"], bool):
-            raise ValueError(f"{where}.arrays must be True or False, got {config['arrays']!r}")
+            raise InvalidValueError(f"{where}.arrays must be True or False, got {config['arrays']!r}")
         if config.get("keep_logs", "on_failure") not in (True, False, "on_failure"):
-            raise ValueError(f"{where}.keep_logs must be True, False or 'on_failure', got {config['keep_logs']!r}")
+            raise InvalidValueError(
+                f"{where}.keep_logs must be True, False or 'on_failure', got {config['keep_logs']!r}")
         if config.get("oom_max_mem") is not None:
             resources.validate({"mem": config["oom_max_mem"]}, f"{where}.oom_max_mem")
         resources.validate({k: v for k, v in config.items() if k in resources.RESOURCE_KEYS}, where)
@@ -89,11 +93,12 @@ class SlurmExecutor(BackendAdapterEnvironmentExecutor):
         if bind_host not in ("0.0.0.0", "::", ""):
             return bind_host
         controller = await SlurmCli(self._config).controller_address()
+        loop = asyncio.get_running_loop()   # name lookups can take seconds: never on the event loop
         if controller:
-            route = _route_address(controller)
+            route = await loop.run_in_executor(None, _route_address, controller)
             if route:
                 return route
-        return socket.getfqdn()
+        return await loop.run_in_executor(None, socket.getfqdn)
 
 
 def _route_address(host: str) -> Optional[str]:

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
+from ..errors import InvalidTypeError
 from .cli import SlurmCli
 from .errors import SlurmCommandError, SlurmQueueTimeoutError
 from .states import JobInfo, JobState, job_error, record_state
@@ -61,7 +62,7 @@ class JobMonitor:
         ``scontrol``, ``scancel``) make one, as ``executor_config`` would."""
         unknown = set(tools) - {"squeue", "sacct", "scontrol", "scancel"}
         if unknown:
-            raise TypeError(f"JobMonitor() got unexpected keyword arguments {sorted(unknown)}")
+            raise InvalidTypeError(f"JobMonitor() got unexpected keyword arguments {sorted(unknown)}")
         self._report = report
         self.cli = cli or SlurmCli(tools)
         self.poll_floor = poll_interval

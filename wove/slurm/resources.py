@@ -12,6 +12,8 @@ import re
 from collections.abc import Mapping
 from typing import Any, Callable, Optional
 
+from ..errors import InvalidValueError
+
 _TIME = re.compile(r"^(\d+-)?\d+(:\d{1,2}){0,2}$")
 _MEM = re.compile(r"^(\d+(?:\.\d+)?)\s*([KMGT]?)B?$", re.IGNORECASE)
 _NODES = re.compile(r"^\d+(-\d+)?$")
@@ -21,13 +23,13 @@ _UNITS = {"": 1, "K": 1 / 1024, "M": 1, "G": 1024, "T": 1024 * 1024}
 
 def _text(key: str, value: Any) -> str:
     if not isinstance(value, str) or not value.strip() or any(c in value for c in "\n\r"):
-        raise ValueError(f"resources[{key!r}] must be a non-empty single-line string, got {value!r}")
+        raise InvalidValueError(f"resources[{key!r}] must be a non-empty single-line string, got {value!r}")
     return value.strip()
 
 
 def _positive_int(key: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"resources[{key!r}] must be a positive integer, got {value!r}")
+        raise InvalidValueError(f"resources[{key!r}] must be a positive integer, got {value!r}")
     return value
 
 
@@ -36,7 +38,7 @@ def _time(key: str, value: Any) -> str:
         return str(value)  # minutes, as sbatch reads a bare number
     if isinstance(value, str) and _TIME.match(value.strip()):
         return value.strip()
-    raise ValueError(f"resources[{key!r}] must be minutes (int) or a Slurm time string such as '30', "
+    raise InvalidValueError(f"resources[{key!r}] must be minutes (int) or a Slurm time string such as '30', "
                      f"'10:00' (MM:SS), '2:00:00' (HH:MM:SS) or '1-12:00:00' (D-HH:MM:SS); got {value!r}")
 
 
@@ -50,7 +52,7 @@ def _mem(key: str, value: Any) -> str:
             if "." in number:  # sbatch wants integers: express fractions in the next smaller unit
                 return f"{max(1, round(mem_mb(value)))}M"
             return f"{number}{unit or 'M'}"
-    raise ValueError(f"resources[{key!r}] must be megabytes (int) or a size such as '500M', '4G', '1T'; "
+    raise InvalidValueError(f"resources[{key!r}] must be megabytes (int) or a size such as '500M', '4G', '1T'; "
                      f"got {value!r}")
 
 
@@ -59,7 +61,7 @@ def _nodes(key: str, value: Any) -> str:
         return str(value)
     if isinstance(value, str) and _NODES.match(value.strip()):
         return value.strip()
-    raise ValueError(f"resources[{key!r}] must be a positive integer or a range such as '2-4', got {value!r}")
+    raise InvalidValueError(f"resources[{key!r}] must be a positive integer or a range such as '2-4', got {value!r}")
 
 
 def _gpus(key: str, value: Any) -> str:
@@ -67,7 +69,7 @@ def _gpus(key: str, value: Any) -> str:
         return str(value)
     if isinstance(value, str) and _GPUS.match(value.strip()):
         return value.strip()
-    raise ValueError(f"resources[{key!r}] must be a count (int) or 'type:count' such as 'a100:2', got {value!r}")
+    raise InvalidValueError(f"resources[{key!r}] must be a count (int) or 'type:count' such as 'a100:2', got {value!r}")
 
 
 def _names(key: str, value: Any) -> str:
@@ -80,7 +82,7 @@ def _lines(key: str, value: Any) -> list[str]:
     if isinstance(value, str):
         value = [value]
     if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
-        raise ValueError(f"resources[{key!r}] must be a list of strings, got {value!r}")
+        raise InvalidValueError(f"resources[{key!r}] must be a list of strings, got {value!r}")
     return list(value)
 
 
@@ -111,7 +113,7 @@ def validate(resources: Mapping[str, Any], where: str) -> dict[str, Any]:
     from .._config import unknown_key_message
 
     if not isinstance(resources, Mapping):
-        raise ValueError(f"{where}: resources must be a dict such as {{'mem': '4G', 'time': '30:00'}}, "
+        raise InvalidValueError(f"{where}: resources must be a dict such as {{'mem': '4G', 'time': '30:00'}}, "
                          f"got {resources!r}")
     clean: dict[str, Any] = {}
     for key, value in resources.items():
@@ -119,20 +121,20 @@ def validate(resources: Mapping[str, Any], where: str) -> dict[str, Any]:
             clean[key] = value
             continue
         if key not in RESOURCE_KEYS:
-            raise ValueError(f"{where}: " + unknown_key_message("Slurm resource", key, RESOURCE_KEYS))
+            raise InvalidValueError(f"{where}: " + unknown_key_message("Slurm resource", key, RESOURCE_KEYS))
         if value is None:
             continue
         try:
             clean[key] = RESOURCE_KEYS[key][0](key, value)
         except ValueError as exc:
-            raise ValueError(f"{where}: {exc}") from None
+            raise InvalidValueError(f"{where}: {exc}") from None
     for arg in clean.get("sbatch_args", []):
         option = arg.split("=", 1)[0]
         if option in _RESERVED_ARGS:
-            raise ValueError(f"{where}: sbatch_args may not contain {option}: wove sets it itself "
+            raise InvalidValueError(f"{where}: sbatch_args may not contain {option}: wove sets it itself "
                              "(use log_dir for output files, and map a task to get job arrays)")
         if option == "--export" and not any(v in arg for v in ("ALL", "WOVE_BACKEND_PAYLOAD")):
-            raise ValueError(f"{where}: {arg!r} would keep WOVE_BACKEND_PAYLOAD from reaching the job; use "
+            raise InvalidValueError(f"{where}: {arg!r} would keep WOVE_BACKEND_PAYLOAD from reaching the job; use "
                              "--export=ALL or list WOVE_BACKEND_PAYLOAD in it")
     return clean
 
@@ -182,7 +184,7 @@ def signature(resources: Mapping[str, Any]) -> str:
 def mem_mb(text: str) -> float:
     match = _MEM.match(str(text).strip())
     if not match:
-        raise ValueError(f"not a memory size: {text!r}")
+        raise InvalidValueError(f"not a memory size: {text!r}")
     return float(match.group(1)) * _UNITS[match.group(2).upper()]
 
 
