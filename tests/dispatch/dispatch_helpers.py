@@ -33,6 +33,16 @@ class MyError(Exception):
     """A user exception type that both sides can import: it must come back as itself."""
 
 
+class CreatesFile:
+    """Unpickling this creates a file: proof of whether anything was unpickled, without any patching."""
+
+    def __init__(self, path: Any):
+        self.path = str(path)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (open, (self.path, "w"))
+
+
 class Unloadable(Exception):
     """Pickles fine, but cannot be unpickled (``__init__`` needs two arguments): tests the fallback."""
 

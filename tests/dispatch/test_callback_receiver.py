@@ -13,6 +13,7 @@ import uuid
 import pytest
 from dispatch_helpers import (
     AdapterLog,
+    CreatesFile,
     LiveReceiver,
     SubprocessAdapter,
     b64,
@@ -30,16 +31,6 @@ from wove import BackendAdapterEnvironmentExecutor, weave
 from wove.dispatch import events, protocol
 
 pytestmark = pytest.mark.timeout(60)
-
-
-class CreatesFile:
-    """Unpickling this creates a file: proof of whether anything was unpickled, without any patching."""
-
-    def __init__(self, path):
-        self.path = str(path)
-
-    def __reduce__(self):
-        return (open, (self.path, "w"))
 
 
 @pytest.fixture

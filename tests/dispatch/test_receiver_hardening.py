@@ -16,23 +16,13 @@ import threading
 import time
 
 import pytest
-from dispatch_helpers import LiveReceiver, b64, event_body, post, signed_headers, wait_until
+from dispatch_helpers import CreatesFile, LiveReceiver, b64, event_body, post, signed_headers, wait_until
 
 from wove.dispatch import events, protocol
 from wove.dispatch import receiver as receiver_module
 from wove.dispatch.receiver import DEFAULT_MAX_BODY, CallbackReceiver
 
 pytestmark = pytest.mark.timeout(60)
-
-
-class CreatesFile:
-    """Unpickling this creates a file: proof of whether anything was unpickled."""
-
-    def __init__(self, path):
-        self.path = str(path)
-
-    def __reduce__(self):
-        return (open, (self.path, "w"))
 
 
 class RunsShell:
