@@ -128,7 +128,8 @@ class SlurmCli:
             return False, {}
         if code != 0:
             return (False if parse.accounting_disabled(err) else None), {}
-        return True, parse.sacct_jobs(out)
+        # Parsed in a thread: "CANCELLED by <uid>" rows look the uid up (NSS may ask a directory server).
+        return True, await asyncio.get_running_loop().run_in_executor(None, parse.sacct_jobs, out)
 
     async def scontrol_job(self, job_id: str) -> dict[str, JobInfo]:
         """``scontrol show job`` for a job that left ``squeue``'s view (clusters without accounting)."""
