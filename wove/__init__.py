@@ -17,6 +17,7 @@ _EXPORTS = {
     "Weave": "wove._weave",
     "WeaveContext": "wove._weave",
     "WoveResult": "wove._result",
+    "ItemError": "wove._result",
     "RunRecord": "wove.executors.runtime",
     "config": "wove._config",
     "merge": "wove._merge",
@@ -57,6 +58,7 @@ if TYPE_CHECKING:  # static type checkers see the real names
     from ._config import config as config
     from ._merge import merge as merge
     from ._merge import sync_to_async as sync_to_async
+    from ._result import ItemError as ItemError
     from ._result import WoveResult as WoveResult
     from ._weave import Weave as Weave
     from ._weave import WeaveContext as WeaveContext

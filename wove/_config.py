@@ -94,6 +94,7 @@ _CHOICES = {
     "delivery_cancel_mode": ("best_effort", "require_ack"),
     "delivery_orphan_policy": ("fail", "cancel", "requeue", "detach"),
     "error_mode": ("raise", "return"),
+    "item_errors": ("raise", "return", "skip"),
 }
 
 # Settings that tasks, weaves, environments and the global config can all carry.
@@ -108,6 +109,8 @@ TASK_SETTINGS: dict[str, Callable[[str, Any], Any]] = {
     "delivery_heartbeat_seconds": _positive_number,
     "delivery_max_in_flight": _int_at_least(1),
     "delivery_orphan_policy": _choice(*_CHOICES["delivery_orphan_policy"]),
+    # What a failed item of a mapped task does to its siblings and dependents (mapped tasks only).
+    "item_errors": _choice(*_CHOICES["item_errors"]),
 }
 # Settings that belong to a whole weave.
 WEAVE_SETTINGS: dict[str, Callable[[str, Any], Any]] = {
@@ -125,6 +128,7 @@ DEFAULTS: dict[str, Any] = {
     "timeout": None,
     "workers": None,
     "limit_per_minute": None,
+    "item_errors": "raise",
     "max_pending": None,
     "error_mode": "raise",
     "max_workers": 256,

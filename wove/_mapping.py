@@ -3,7 +3,12 @@
 ``@w.do(items)`` / ``@w.do("upstream")`` and ``merge(fn, items)`` come here. A local map with no retries,
 timeout, ``workers`` or ``limit_per_minute`` takes a fast path (sync items straight into the thread pool with
 one loop wake-up for the whole map); everything else is one ``_call.call`` per item, at most ``workers`` at a
-time and at most ``limit_per_minute`` started in any minute. The first failure cancels the remaining items.
+time and at most ``limit_per_minute`` started in any minute.
+
+A failed item (after its own retries) does what the task's ``item_errors`` says: ``"raise"`` (the default, as
+in wove 2.0.3) cancels the remaining items and fails the task; ``"return"`` keeps the others running and puts
+the exception at the item's index; ``"skip"`` drops the item. Every way, the failure is listed in
+``w.result.errors``.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from typing import Any, Callable, Optional
 
 from ._call import call
 from ._graph import MapFrom, TaskSpec
+from ._result import ItemError
 from .errors import MapSourceError, TooManyItemsError
 
 TYPE_CHECKING = False
@@ -22,6 +28,15 @@ if TYPE_CHECKING:
     from ._scheduler import Runtime
 
 ITEM = object()   # where a positional-only item parameter goes in a mapped task's arguments
+
+
+class _Failed:
+    """An item's exception while the map collects outcomes (a task may return an exception as a value)."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: BaseException):
+        self.error = error
 
 
 def binder(item_param: Optional[str], args: Any, kwargs: dict[str, Any]) -> Callable[[Any], Any]:
@@ -77,10 +92,12 @@ async def run_mapped(runtime: Runtime, spec: TaskSpec, args: list[Any], kwargs: 
     if not items:
         return []
     bind = binder(spec.item_param, args, kwargs)
+    keep_going = (settings.get("item_errors") or "raise") != "raise"
     simple = (runtime.is_local(environment) and settings["retries"] == 0 and settings["timeout"] is None
               and settings["workers"] is None and settings["limit_per_minute"] is None)
     if simple and not spec.is_async:
-        return await _map_sync_fast(runtime, spec.func, bind, items)
+        outcomes = await _map_sync_fast(runtime, spec.name, spec.func, bind, items, keep_going)
+        return settle(runtime, spec.name, items, outcomes, settings)
     if simple:
         func = spec.func
         if spec.item_first:
@@ -90,7 +107,9 @@ async def run_mapped(runtime: Runtime, spec: TaskSpec, args: list[Any], kwargs: 
             for item in items:
                 item_args, item_kwargs = bind(item)
                 coros.append(func(*item_args, **item_kwargs))
-        return await _gather_or_cancel([runtime.loop.create_task(c) for c in coros])
+        tasks = [runtime.loop.create_task(c) for c in coros]
+        outcomes = await _gather(runtime, spec.name, items, tasks, keep_going)
+        return settle(runtime, spec.name, items, outcomes, settings)
     return await call_each(runtime, spec.name, spec.func, spec.is_async, items, bind, settings, environment,
                            spec.options.get("resources"))
 
@@ -100,8 +119,8 @@ async def call_each(runtime: Runtime, name: str, func: Callable[..., Any], is_as
                     settings: dict[str, Any], environment: str,
                     resources: Optional[dict[str, Any]] = None,
                     pool: Optional[ThreadPoolExecutor] = None) -> list[Any]:
-    """One ``call`` per item (``bind(item)`` gives its arguments), honouring ``workers`` and
-    ``limit_per_minute``; results in input order."""
+    """One ``call`` per item (``bind(item)`` gives its arguments), honouring ``workers``,
+    ``limit_per_minute`` and ``item_errors``; results in input order."""
     workers = settings["workers"]
     remote = await runtime.environment(environment)
     native = remote is not None and remote.handles_workers(len(items), settings)  # e.g. Slurm's %N
@@ -121,11 +140,14 @@ async def call_each(runtime: Runtime, name: str, func: Callable[..., Any], is_as
             if semaphore is not None:
                 semaphore.release()
 
-    return await _gather_or_cancel([runtime.loop.create_task(one(i, item)) for i, item in enumerate(items)])
+    keep_going = (settings.get("item_errors") or "raise") != "raise"
+    tasks = [runtime.loop.create_task(one(i, item)) for i, item in enumerate(items)]
+    outcomes = await _gather(runtime, name, items, tasks, keep_going)
+    return settle(runtime, name, items, outcomes, settings)
 
 
-async def _map_sync_fast(runtime: Runtime, func: Callable[..., Any], bind: Callable[[Any], Any],
-                         items: list[Any]) -> list[Any]:
+async def _map_sync_fast(runtime: Runtime, name: str, func: Callable[..., Any], bind: Callable[[Any], Any],
+                         items: list[Any], keep_going: bool) -> list[Any]:
     """Thread-pool fan-out with one loop wake-up for the whole map instead of one per item."""
     loop = runtime.loop
     waiter: asyncio.Future[None] = loop.create_future()
@@ -143,7 +165,7 @@ async def _map_sync_fast(runtime: Runtime, func: Callable[..., Any], bind: Calla
         if cf.cancelled():
             return
         error = cf.exception()
-        if error is not None:
+        if error is not None and not (keep_going and isinstance(error, Exception)):
             loop.call_soon_threadsafe(finish, error)
             return
         with lock:
@@ -161,22 +183,66 @@ async def _map_sync_fast(runtime: Runtime, func: Callable[..., Any], bind: Calla
         futures.append(cf)
     try:
         await waiter
-    except BaseException:
+    except BaseException as exc:
         for cf in futures:
             cf.cancel()
+        for index, cf in enumerate(futures):
+            if cf.done() and not cf.cancelled() and cf.exception() is exc:
+                _note_failure(runtime, name, index, items[index], exc)
+                break
         raise
-    return [cf.result() for cf in futures]
+    return [_Failed(error) if (error := cf.exception()) is not None else cf.result() for cf in futures]
 
 
-async def _gather_or_cancel(tasks: list[asyncio.Task[Any]]) -> list[Any]:
-    """Gather in order; on the first failure (or our own cancellation) cancel and await the rest."""
+async def _gather(runtime: Runtime, name: str, items: list[Any], tasks: list[asyncio.Task[Any]],
+                  keep_going: bool) -> list[Any]:
+    """Outcomes in input order. Unless ``keep_going``, the first failure (or our own cancellation) cancels and
+    awaits the rest, and is raised; with it, each failed item's outcome is a ``_Failed``."""
+    if keep_going:
+        try:
+            outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+        except BaseException:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
+        for outcome in outcomes:   # only the items' own failures are kept; an interrupt still stops the map
+            if isinstance(outcome, BaseException) and not isinstance(outcome, Exception):
+                raise outcome
+        return [_Failed(o) if isinstance(o, BaseException) else o for o in outcomes]
     try:
         return await asyncio.gather(*tasks)
-    except BaseException:
+    except BaseException as exc:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        for index, task in enumerate(tasks):
+            if not task.cancelled() and task.exception() is exc:
+                _note_failure(runtime, name, index, items[index], exc)
+                break
         raise
+
+
+def settle(runtime: Runtime, name: str, items: list[Any], outcomes: list[Any],
+           settings: dict[str, Any]) -> list[Any]:
+    """The mapped task's value from its items' outcomes, per ``item_errors``; failures go to the result."""
+    failed = [index for index, outcome in enumerate(outcomes) if isinstance(outcome, _Failed)]
+    if not failed:
+        return outcomes
+    for index in failed:
+        _note_failure(runtime, name, index, items[index], outcomes[index].error)
+    if settings.get("item_errors") == "skip":
+        return [outcome for outcome in outcomes if not isinstance(outcome, _Failed)]
+    return [outcome.error if isinstance(outcome, _Failed) else outcome for outcome in outcomes]
+
+
+def _note_failure(runtime: Runtime, name: str, index: int, item: Any, error: BaseException) -> None:
+    """List one failed item on ``w.result.errors`` with the job id of its last attempt (remote items)."""
+    job_id = None
+    attempts = [r for r in runtime.result._jobs.get(name, ()) if r.map_index == index]
+    if attempts:
+        job_id = max(attempts, key=lambda r: r.attempt).job_id
+    runtime.result._add_item_error(ItemError(task=name, index=index, item=item, exception=error, job_id=job_id))
 
 
 def _short(value: Any) -> str:

@@ -51,6 +51,10 @@ def validate_task_options(options: dict[str, Any], *, mapped: bool, name: str = 
                 lead = _MAPPED_ONLY_MERGE if caller == "merge" else _MAPPED_ONLY
                 raise InvalidValueError(f"{lead} {where}{key}={options[key]!r} is set on a task that is not "
                                         "mapped (@w.do(iterable) or @w.do('upstream')); remove it or map the task")
+        if options.get("item_errors") is not None:
+            raise InvalidValueError(f"{where}item_errors={options['item_errors']!r} says what a failed item of a "
+                                    "mapped task does, but this task is not mapped (@w.do(iterable) or "
+                                    "@w.do('upstream')); remove it, or use error_mode for a whole task")
     return options
 
 

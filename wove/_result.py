@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any, Optional
 
 from .errors import TaskCancelledError, UnknownResultError, WeaveStateError
@@ -11,14 +12,33 @@ from .errors import TaskCancelledError, UnknownResultError, WeaveStateError
 RESERVED_NAMES = frozenset({"final", "exception", "cancelled", "timings", "jobs", "data"})
 
 
+@dataclass(frozen=True)
+class ItemError:
+    """One failed item of a mapped task (after its retries): see ``WoveResult.errors``."""
+
+    task: str
+    index: int                    # the item's position in the task's input
+    item: Any
+    exception: BaseException
+    job_id: Optional[str] = None  # the Slurm job (``123`` or ``123_4``) of its last attempt, for remote items
+
+    def __repr__(self) -> str:
+        item = repr(self.item)
+        item = item if len(item) <= 40 else item[:37] + "..."
+        job = f", job {self.job_id}" if self.job_id else ""
+        return (f"<ItemError {self.task}[{self.index}] item={item}{job}: "
+                f"{type(self.exception).__name__}: {self.exception}>")
+
+
 class WoveResult:
     """Results of one weave.
 
     ``result.name`` / ``result["name"]`` read a task's value (or an init value). In ``raise`` mode reading a
     failed task raises its exception; in ``return`` mode it returns it. ``final`` is the last task in
     definition order, ``exception`` the first failure, ``cancelled`` the names of tasks that did not
-    finish, ``timings`` seconds per task plus ``planning``, ``jobs`` the remote runs behind each task.
-    Iterating yields task results in definition order, so ``a, b = w.result`` unpacks.
+    finish, ``timings`` seconds per task plus ``planning``, ``jobs`` the remote runs behind each task,
+    ``errors`` the failed items of mapped tasks. Iterating yields task results in definition order, so
+    ``a, b = w.result`` unpacks.
     """
 
     def __init__(self, task_names: list[str], init_data: dict[str, Any], error_mode: str = "raise"):
@@ -29,6 +49,7 @@ class WoveResult:
         self._cancel_reasons: dict[str, str] = {}
         self._first_error: Optional[BaseException] = None
         self._jobs: dict[str, list[Any]] = {}
+        self._item_errors: dict[str, list[ItemError]] = {}
         self._error_mode = error_mode
         self._values_elsewhere: Optional[str] = None   # why task values are not here (fork=True: in the child)
         self.timings: dict[str, float] = {}
@@ -41,6 +62,12 @@ class WoveResult:
         self._errors[name] = error
         if self._first_error is None:
             self._first_error = error
+
+    def _add_item_error(self, error: ItemError) -> None:
+        failed = self._item_errors.setdefault(error.task, [])
+        failed.append(error)
+        if len(failed) > 1 and failed[-2].index > error.index:
+            failed.sort(key=lambda e: e.index)
 
     def _set_cancelled(self, name: str, reason: str) -> None:
         if name not in self._values and name not in self._errors:
@@ -68,6 +95,12 @@ class WoveResult:
     def jobs(self) -> dict[str, list[Any]]:
         """Remote runs per task (for Slurm: job id, array index, state, node, queue wait, run time)."""
         return {name: list(records) for name, records in self._jobs.items()}
+
+    def item_errors(self) -> dict[str, list[ItemError]]:
+        """The failed items of each mapped task, in input order: ``{task: [ItemError(index, item, exception,
+        job_id), ...]}``; tasks without failed items are absent. Also readable as ``w.result.errors`` (unless a
+        task or init value is itself named ``errors``, which wins: wove 2.0.3 allowed that name)."""
+        return {name: list(failed) for name, failed in self._item_errors.items()}
 
     @property
     def data(self) -> dict[str, Any]:
@@ -108,6 +141,8 @@ class WoveResult:
         state = self.__dict__
         if name.startswith("__") or "_order" not in state:  # internals (copy, pickle) and half-built objects
             raise UnknownResultError(f"'{type(self).__name__}' object has no attribute '{name}'")
+        if name == "errors" and name not in state["_order"] and name not in state["_init"]:
+            return self.item_errors()
         if name not in state["_order"] and name not in state["_init"]:
             # leading words as in wove 2.0.3 (and Python's own AttributeError)
             raise UnknownResultError(f"'{type(self).__name__}' object has no attribute '{name}': "

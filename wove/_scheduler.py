@@ -31,7 +31,7 @@ _current_runtime: contextvars.ContextVar[Optional[Runtime]] = contextvars.Contex
     "wove_runtime", default=None)
 _thread_state = threading.local()
 
-_MAP_ONLY = ("workers", "limit_per_minute")
+_MAP_ONLY = ("workers", "limit_per_minute", "item_errors")
 _RESTART = object()   # an environment start was cancelled with its task: whoever needs it next starts it
 
 

@@ -222,7 +222,9 @@ class RemoteEnvironment:
                 detach(run.run_id)
             return
         run.cancel_requested = True
-        record.outcome = record.outcome or ("orphaned" if policy == "fail" else "cancelled")
+        if not record.outcome:
+            record.outcome = "orphaned" if policy == "fail" else "cancelled"
+            record.state = "ORPHANED" if policy == "fail" else "CANCELLED"
         if policy == "fail" and not run.future.done():
             run.future.set_exception(DeliveryOrphanedError(
                 f"task {run.call.task_name!r} was still running remotely when the weave stopped ({reason})"))
