@@ -21,6 +21,7 @@ from .. import _config
 from ..dispatch.error_payload import error_dict, rebuild_exception
 from ..dispatch.messages import CancelTask, Delivery, Event, RunTask
 from ..errors import DeliveryOrphanedError, DeliveryTimeoutError, EnvironmentExecutionError, InvalidValueError
+from . import joblogs
 from .base import EnvironmentExecutor
 
 if TYPE_CHECKING:
@@ -55,6 +56,20 @@ class RunRecord:
     details: dict[str, Any] = field(default_factory=dict)
 
     @property
+    def stderr_path(self) -> str:
+        """The job's stderr file, where the executor knows it ("" otherwise); kept when the task failed."""
+        return str(self.details.get("stderr") or "")
+
+    @property
+    def stdout_path(self) -> str:
+        """The job's stdout file, where the executor knows it ("" otherwise)."""
+        out = self.details.get("stdout")
+        if out:
+            return str(out)
+        err = self.stderr_path
+        return err[:-4] + ".out" if err.endswith(".err") else ""
+
+    @property
     def queue_wait(self) -> Optional[float]:
         """Seconds from submission until the task started running (``None`` until it started)."""
         if self.submitted_at is None or self.started_at is None:
@@ -74,6 +89,7 @@ class _Run:
         "acked",
         "call",
         "cancel_requested",
+        "closing",
         "future",
         "last_event",
         "record",
@@ -91,6 +107,7 @@ class _Run:
         self.started = False
         self.last_event = time.monotonic()
         self.cancel_requested = False
+        self.closing = False   # its outcome is being completed (job logs read): later events are ignored
         self.acked: Optional[asyncio.Future[None]] = None
 
 
@@ -111,6 +128,7 @@ class RemoteEnvironment:
         self._runs: dict[str, _Run] = {}
         self._reader: Optional[asyncio.Task[None]] = None
         self._closed: Optional[BaseException] = None
+        self._finishing: set[asyncio.Task[None]] = set()
         cap = runtime.resolver.task_value("delivery_max_in_flight", {}, name)
         self._in_flight = asyncio.Semaphore(cap) if cap else None
 
@@ -278,7 +296,7 @@ class RemoteEnvironment:
         record = run.record
         if kind == "task_cancelled" and run.acked is not None and not run.acked.done():
             run.acked.set_result(None)
-        if run.future.done() or (kind == "task_cancelled" and run.cancel_requested):
+        if run.future.done() or run.closing or (kind == "task_cancelled" and run.cancel_requested):
             return  # a late event, or the acknowledgement of our own cancel_task
         run.last_event = time.monotonic()
         if kind == "task_started":
@@ -296,7 +314,11 @@ class RemoteEnvironment:
             record.outcome = "error"
             record.finished_at = time.time()
             error = event.error or error_dict("Error", "remote task failed", source="executor")
-            run.future.set_exception(rebuild_exception(event.exception, error))
+            exc = rebuild_exception(event.exception, error)
+            if record.job_id or record.stderr_path:
+                self._fail_with_logs(run, exc)
+            else:
+                run.future.set_exception(exc)
         elif kind == "task_cancelled":
             record.state, record.outcome = "CANCELLED", record.outcome or "cancelled"
             record.finished_at = time.time()
@@ -306,6 +328,25 @@ class RemoteEnvironment:
                 "Cancelled", f"the remote run of task {run.call.task_name!r} was cancelled{why} "
                 f"(environment {self.name!r})", source="executor")
             run.future.set_exception(rebuild_exception(event.exception, error))
+
+    def _fail_with_logs(self, run: _Run, exc: BaseException) -> None:
+        """Fail ``run`` with ``exc`` once it carries its job's log paths and stderr tail (read in a thread)."""
+        run.closing = True
+
+        async def finish() -> None:
+            record = run.record
+            try:
+                text = await asyncio.to_thread(joblogs.tail, record.stderr_path)
+                joblogs.attach(exc, joblogs.JobLogs(record.job_id, record.node, record.stdout_path,
+                                                    record.stderr_path, text),
+                               note=getattr(exc, "stderr_tail", None) is None)   # a Slurm error already says
+            finally:
+                if not run.future.done():
+                    run.future.set_exception(exc)
+
+        task = asyncio.get_running_loop().create_task(finish())
+        self._finishing.add(task)
+        task.add_done_callback(self._finishing.discard)
 
     def handles_workers(self, items: int, settings: dict[str, Any]) -> bool:
         """True when the executor can enforce a mapped task's ``workers`` itself (Slurm's array ``%N``).
@@ -325,6 +366,8 @@ class RemoteEnvironment:
 
     async def aclose(self) -> None:
         """Stop reading events and stop the executor; runs still pending become orphaned."""
+        if self._finishing:   # failures whose job logs are being read complete first
+            await asyncio.gather(*self._finishing, return_exceptions=True)
         for run in list(self._runs.values()):
             if not run.future.done():
                 run.future.set_exception(DeliveryOrphanedError(

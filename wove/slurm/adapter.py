@@ -193,6 +193,8 @@ class SlurmAdapter(BackendAdapter):
         if kind in protocol.OUTCOME_TYPES:
             self.monitor.resolved(run_id)
             self.array_files.run_done(run_id)
+        if kind == "task_error":
+            self.failed_jobs += 1   # the task raised: its job's logs are kept like a Slurm failure's (keep_logs)
         return frame
 
     def _report(self, run_id: str, frame: dict[str, Any]) -> None:
