@@ -1,8 +1,9 @@
 """Every Slurm command line wove runs, built in one place from ``executor_config``.
 
 ``SlurmCli(executor_config)`` holds the configured tools (``sbatch``, ``scancel``, ``squeue``, ``sacct``,
-``scontrol`` and, for the doctor, ``sinfo``: each a base argv such as ``["sbatch", "--parsable"]``) and the
-options that shape a job's command line (``command``, ``job_name_prefix``, ``signal_before_timeout``). The
+``scontrol`` and ``sinfo``, which lists partitions for the doctor and after sbatch refused one: each a base
+argv such as ``["sbatch", "--parsable"]``) and the options that shape a job's command line (``command``,
+``job_name_prefix``, ``signal_before_timeout``). The
 adapter, the monitor, the submit-limit reader, the executor and ``wove doctor`` all ask it, so a tool
 configured as ``["ssh", "login", "sbatch"]`` is used everywhere, and nothing else in wove names a Slurm tool.
 
@@ -35,7 +36,7 @@ TOOLS: dict[str, tuple[str, ...]] = {
     "squeue": ("squeue",),
     "sacct": ("sacct",),
     "scontrol": ("scontrol",),
-    "sinfo": ("sinfo",),   # only ``wove doctor`` runs it
+    "sinfo": ("sinfo",),   # ``wove doctor``, and listing partitions after an invalid one
 }
 DEFAULT_COMMAND = "python -m wove.backend_worker"
 DEFAULT_MAX_ARRAY_SIZE = 1001
@@ -61,6 +62,7 @@ class SlurmCli:
         self.prefix: str = config.get("job_name_prefix", "wove")
         self.signal_seconds: Optional[float] = config.get("signal_before_timeout")
         self.max_array_setting: Optional[int] = config.get("max_array_size")
+        self._partitions: Optional[tuple[list[str], Optional[str]]] = None   # read once, when first needed
 
     # ------------------------------------------------------------------ sbatch
     def job_name(self, task: str) -> str:
@@ -95,10 +97,38 @@ class SlurmCli:
         return [*self.sbatch, f"--job-name={job_name}", *output, *extra, "--wrap", self.command]
 
     async def run_sbatch(self, argv: Sequence[str], payload: str, stdin: Optional[bytes] = None) -> str:
-        """Run an sbatch command line with ``payload`` in its environment; return what it printed."""
-        _, out, _ = await commands.run(argv, env=commands.environment_with({PAYLOAD_ENV: payload}), stdin=stdin,
-                                       timeout=SUBMIT_TIMEOUT)
+        """Run an sbatch command line with ``payload`` in its environment; return what it printed.
+
+        An invalid partition's error also lists the cluster's partitions (when ``sinfo`` can say).
+        """
+        try:
+            _, out, _ = await commands.run(argv, env=commands.environment_with({PAYLOAD_ENV: payload}),
+                                           stdin=stdin, timeout=SUBMIT_TIMEOUT)
+        except SlurmCommandError as exc:
+            if "invalid partition" not in (exc.stderr or str(exc)).lower():
+                raise
+            raise await self._with_partitions(exc) from exc
         return out
+
+    async def partitions(self) -> tuple[list[str], Optional[str]]:
+        """The cluster's partitions (``sinfo -h -o %P``) and the default one; raises ``SlurmCommandError``."""
+        if self._partitions is None:
+            _, out, _ = await commands.run([*self.sinfo, "-h", "-o", "%P"], timeout=QUERY_TIMEOUT)
+            self._partitions = parse_partitions(out)
+        return self._partitions
+
+    async def _with_partitions(self, exc: SlurmCommandError) -> SlurmCommandError:
+        """``exc`` with the valid partitions added, or ``exc`` itself when sinfo cannot list them."""
+        try:
+            names, default = await self.partitions()
+        except SlurmCommandError as failed:
+            log.debug("wove: cannot list partitions: %s", failed)
+            return exc
+        if not names:
+            return exc
+        listed = ", ".join(f"{name} (the default)" if name == default else name for name in names)
+        return SlurmCommandError(f"{str(exc).rstrip().rstrip('.')}. Valid partitions: {listed}", exc.command,
+                                 exc.returncode, exc.stderr)
 
     # ------------------------------------------------------------------ scancel
     async def cancel(self, keys: Sequence[str]) -> None:
@@ -189,6 +219,19 @@ class SlurmCli:
             "sinfo": [*self.sinfo, "-h"],
             "sacct": [*self.sacct, "-n", "-X", "--starttime=now"],
         }
+
+
+def parse_partitions(out: str) -> tuple[list[str], Optional[str]]:
+    """``sinfo -h -o %P`` output: partition names in order, and the default (marked ``*``), if any."""
+    names: list[str] = []
+    default = None
+    for word in out.split():
+        name = word.rstrip("*")
+        if word.endswith("*") and default is None:
+            default = name
+        if name and name not in names:
+            names.append(name)
+    return names, default
 
 
 def safe_job_name(task: str) -> str:

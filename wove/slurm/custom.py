@@ -13,7 +13,6 @@ from __future__ import annotations
 from typing import Any, Optional
 
 from ..errors import InvalidValueError
-from . import commands
 from .cli import SlurmCli
 from .parse import parse_job_id
 
@@ -57,5 +56,7 @@ async def submit_job(payload: dict[str, Any], *sbatch_args: str, config: Optiona
         # like the default path: job output in the run's log directory, not the working directory
         output = [f"--output={payload['log_dir']}/%j.out", f"--error={payload['log_dir']}/%j.err"]
     argv = cli.custom_sbatch_argv(job_name(payload, config), output, sbatch_args)
-    _, out, _ = await commands.run(argv, env=commands.environment_with(job_environment(payload)))
+    from ..dispatch.protocol import PAYLOAD_ENV
+
+    out = await cli.run_sbatch(argv, job_environment(payload)[PAYLOAD_ENV])   # errors like the default path's
     return parse_job_id(out)

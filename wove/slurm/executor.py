@@ -20,7 +20,8 @@ from .cli import TOOLS, SlurmCli
 SLURM_KEYS = frozenset({
     # the user's page
     "submit", "command", "sbatch", "scancel", "job_name_prefix",
-    # ours: the other Slurm tools (sinfo: used by `wove doctor` only), logs, monitoring
+    # ours: the other Slurm tools (sinfo: `wove doctor`, and the partitions listed after an invalid one), logs,
+    # monitoring
     "squeue", "sacct", "scontrol", "sinfo", "log_dir", "keep_logs", "poll_interval", "poll_max", "queue_timeout",
     "signal_before_timeout", "submit_retry_seconds", "drain_timeout",
     # ours: scale
@@ -77,7 +78,10 @@ class SlurmExecutor(BackendAdapterEnvironmentExecutor):
             raise InvalidValueError(
                 f"{where}.keep_logs must be True, False or 'on_failure', got {config['keep_logs']!r}")
         if config.get("oom_max_mem") is not None:
-            resources.validate({"mem": config["oom_max_mem"]}, f"{where}.oom_max_mem")
+            cap = resources.validate({"mem": config["oom_max_mem"]}, f"{where}.oom_max_mem")["mem"]
+            if resources.mem_mb(cap) == 0:
+                raise InvalidValueError(f"{where}.oom_max_mem must be a size above 0 such as '64G' (mem=0 already "
+                                        f"asks for all of a node's memory), got {config['oom_max_mem']!r}")
         resources.validate({k: v for k, v in config.items() if k in resources.RESOURCE_KEYS}, where)
         return config
 

@@ -5,6 +5,9 @@ Slurm counts every array element as one job against ``MaxSubmitJobs`` (per assoc
 ``sbatch`` whose array does not fit whole. The controller reports each limit with its current use in
 ``scontrol show assoc_mgr`` (``MaxSubmitJobs=100(37)``), so wove reads the tightest one, sizes arrays to the
 room left and submits the rest as earlier jobs finish, instead of being refused.
+
+wove's own caps (``max_queued_jobs`` of the environment, and of a task in its ``resources``) are counted live
+from the weave's jobs, never from a reading, so rooms for different tasks never overrun a cap they share.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Sequence
+from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 from .cli import SlurmCli
@@ -29,6 +33,16 @@ async def read_submit_limit(scontrol: Sequence[str], qos: str = "", account: str
     return await SlurmCli({"scontrol": scontrol}).submit_limit(qos, account)
 
 
+@dataclass(frozen=True)
+class QueueCap:
+    """A cap wove keeps itself: at most ``limit`` queued jobs, ``held()`` of them outside this room's
+    reservations (jobs awaited, and jobs other rooms are submitting)."""
+
+    limit: int
+    held: Callable[[], int]
+    name: str = "max_queued_jobs"
+
+
 class SubmitRoom:
     """Hands out room under a submit limit; waits (re-reading the controller) while there is none.
 
@@ -39,14 +53,17 @@ class SubmitRoom:
     """
 
     def __init__(self, read: Callable[[], Awaitable[Optional[SubmitLimit]]],
-                 own_in_flight: Callable[[], int], patience: float, cap: Optional[int] = None):
+                 own_in_flight: Callable[[], int], patience: float, cap: Optional[int] = None,
+                 caps: Sequence[QueueCap] = ()):
         self._read = read
         self._own_in_flight = own_in_flight
         self.patience = patience
         self.cap = cap                      # executor_config.max_queued_jobs
+        #: wove's own caps: the environment's (over every job of the weave) and a task's (over its jobs).
+        self.caps = [*([QueueCap(cap, own_in_flight)] if cap is not None else []), *caps]
         self.learned: Optional[int] = None  # a size sbatch refusals taught us, when the limit cannot be read
         self.limit: Optional[SubmitLimit] = None
-        self._free: Optional[int] = None    # room left by our count since the last read; None: unlimited
+        self._free: Optional[int] = None    # room under the controller's limit since the last read; None: unlimited
         self._read_at = 0.0
         self.reserved = 0                   # granted, not yet confirmed or released
         self._stuck_since: Optional[float] = None
@@ -59,8 +76,17 @@ class SubmitRoom:
     @property
     def bound(self) -> Optional[int]:
         """The largest number of jobs that can ever be queued at once, if limited."""
-        bounds = [b for b in (self.cap, self.limit.limit if self.limit else None, self.learned) if b is not None]
+        bounds = [b for b in (*(cap.limit for cap in self.caps), self.limit.limit if self.limit else None,
+                              self.learned) if b is not None]
         return min(bounds) if bounds else None
+
+    def _room(self) -> Optional[int]:
+        """Jobs that may be reserved now: the controller's room (as last read) within wove's caps (live)."""
+        free = self._free
+        for cap in self.caps:
+            left = max(0, cap.limit - cap.held() - self.reserved)
+            free = left if free is None else min(free, left)
+        return free
 
     def job_finished(self) -> None:
         self._changed.set()
@@ -95,11 +121,7 @@ class SubmitRoom:
             log.debug("wove: cannot read submit limits: %s", exc)
         self._read_at = time.monotonic()
         limit = self.limit
-        free = limit.free - self.reserved if limit is not None else None
-        if self.cap is not None:
-            room = self.cap - self._own_in_flight() - self.reserved
-            free = room if free is None else min(free, room)
-        self._free = None if free is None else max(0, free)
+        self._free = None if limit is None else max(0, limit.free - self.reserved)
 
     async def wait_changed(self, timeout: float) -> None:
         """Wait until one of the weave's jobs ends (or ``timeout``)."""
@@ -120,8 +142,9 @@ class SubmitRoom:
                 await self.refresh()
             needed = wanted if exact else 1
             while True:
-                if self._free is None or self._free >= needed:
-                    granted = wanted if self._free is None else min(wanted, self._free)
+                free = self._room()
+                if free is None or free >= needed:
+                    granted = wanted if free is None else min(wanted, free)
                     if self._free is not None:
                         self._free -= granted
                     self.reserved += granted
@@ -129,7 +152,8 @@ class SubmitRoom:
                     return granted
                 if time.monotonic() - self._read_at >= REFRESH_SECONDS:   # our count may be stale
                     await self.refresh()
-                    if self._free is None or self._free >= needed:
+                    free = self._room()
+                    if free is None or free >= needed:
                         continue
                 if abandoned():
                     return 0
@@ -150,8 +174,10 @@ class SubmitRoom:
             what = f"{limit.source} is {limit.limit} and {limit.used} jobs already count against it"
             numbers: dict[str, Any] = {"limit": limit.limit, "used": limit.used, "source": limit.source}
         else:
-            what = f"max_queued_jobs is {self.cap}"
-            numbers = {"limit": self.cap, "used": None, "source": "max_queued_jobs"}
+            cap = next((c for c in self.caps if c.limit - c.held() - self.reserved < needed), None)
+            name, value = (cap.name, cap.limit) if cap is not None else ("max_queued_jobs", self.cap)
+            what = f"{name} is {value}"
+            numbers = {"limit": value, "used": None, "source": name}
         return SlurmSubmitLimitError(
             f"no room to submit {needed} more Slurm job(s): {what}, none of them from this weave, and none "
             f"ended in {self.patience:.0f}s (submit_retry_seconds). Wait for those jobs, ask your admin to raise "

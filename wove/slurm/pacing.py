@@ -1,7 +1,8 @@
 """Submitting under submit limits: one room per (qos, account), sbatch retried until it is accepted.
 
 A submission first reserves its jobs (array elements) in the room of its QOS and account (limits.py), then
-runs sbatch. sbatch is retried while the controller is away (transient errors, with backoff, for
+runs sbatch; a task with its own ``max_queued_jobs`` has rooms of its own, which also count its jobs. sbatch
+is retried while the controller is away (transient errors, with backoff, for
 ``submit_retry_seconds``) and while a submit limit refuses it: a refusal means wove's reading of the limit
 was optimistic, stale, or impossible, so the room is read again and the submission waits for the weave's own
 jobs to end. An array larger than the limit can ever hold is handed back (:class:`Oversized`) to be sent in
@@ -20,7 +21,7 @@ from typing import Any, Callable, Optional, Protocol
 from . import parse
 from .cli import SlurmCli
 from .errors import SlurmCommandError, SlurmSubmitLimitError
-from .limits import SubmitLimit, SubmitRoom
+from .limits import QueueCap, SubmitLimit, SubmitRoom
 from .monitor import JobMonitor
 
 log = logging.getLogger("wove.slurm")
@@ -58,13 +59,16 @@ class Pacer:
         self.patience = patience         # submit_retry_seconds
         self.cap = cap                   # max_queued_jobs
         self.per_job = max(1, items_per_job)
-        self.rooms: dict[tuple[str, str], SubmitRoom] = {}
+        self.rooms: dict[tuple[str, str, str, int], SubmitRoom] = {}   # (qos, account, capped task, its cap)
         self.slots = asyncio.Semaphore(SUBMIT_CONCURRENCY)
 
     # ------------------------------------------------------------------ rooms
-    def room_for(self, task_resources: dict[str, Any]) -> SubmitRoom:
-        """One room per (qos, account): the limits that apply depend on both."""
-        key = (str(task_resources.get("qos") or ""), str(task_resources.get("account") or ""))
+    def room_for(self, task_resources: dict[str, Any], task: str = "") -> SubmitRoom:
+        """One room per (qos, account): the limits that apply depend on both. A task with its own
+        ``max_queued_jobs`` gets rooms of its own, capped by its jobs as well as by all of the weave's."""
+        task_cap = task_resources.get("max_queued_jobs")
+        key = (str(task_resources.get("qos") or ""), str(task_resources.get("account") or ""),
+               task if task_cap else "", int(task_cap or 0))
         room = self.rooms.get(key)
         if room is None:
             async def read() -> Optional[SubmitLimit]:
@@ -74,7 +78,13 @@ class Pacer:
                 return len(self.monitor.jobs) + sum(other.reserved for other in self.rooms.values()
                                                     if other is not room)
 
-            room = self.rooms[key] = SubmitRoom(read, own_in_flight, self.patience, cap=self.cap)
+            def task_in_flight() -> int:  # the same, for this task's jobs only
+                return (sum(1 for job in self.monitor.jobs.values() if job.task == task)
+                        + sum(other.reserved for other_key, other in self.rooms.items()
+                              if other_key[2] == task and other is not room))
+
+            caps = [QueueCap(int(task_cap), task_in_flight, f"max_queued_jobs of task {task!r}")] if task_cap else []
+            room = self.rooms[key] = SubmitRoom(read, own_in_flight, self.patience, cap=self.cap, caps=caps)
         return room
 
     def job_released(self) -> None:
@@ -102,15 +112,16 @@ class Pacer:
 
     # ------------------------------------------------------------------ arrays under a limit
     async def paced_arrays(self, items: Sequence[PacedItem], room: SubmitRoom, max_array: int,
-                           workers: Optional[int], submit_array: Callable[[list[Any]], Awaitable[list[str]]]
-                           ) -> list[tuple[list[Any], Exception]]:
+                           workers: Optional[int], submit_array: Callable[[list[Any]], Awaitable[list[str]]],
+                           per_job: Optional[int] = None) -> list[tuple[list[Any], Exception]]:
         """Under a submit limit: each array as large as the room left, the next one once jobs end.
 
         ``workers=N`` caps the jobs of this batch in flight (instead of an array throttle, which could not
         account for the many small arrays pacing makes). ``submit_array(group)`` submits one array whose
         elements are reserved in ``room`` and returns its element keys. Returns the groups that failed,
-        with their error.
+        with their error. ``per_job``: items to an element (the task's ``items_per_job``).
         """
+        per_job = max(1, per_job or self.per_job)
         failures: list[tuple[list[Any], Exception]] = []
         submitted: list[str] = []   # element keys of this batch
         remaining = list(items)
@@ -118,7 +129,7 @@ class Pacer:
             remaining = [item for item in remaining if not item.cancelled]
             if not remaining:
                 break
-            elements = min(max_array, room.bound or max_array, elements_for(len(remaining), self.per_job))
+            elements = min(max_array, room.bound or max_array, elements_for(len(remaining), per_job))
             if workers:
                 submitted = [key for key in submitted if key in self.monitor.jobs]
                 elements = min(elements, workers - len(submitted))
@@ -131,12 +142,12 @@ class Pacer:
                 failures.append((remaining, exc))
                 break
             remaining = [item for item in remaining if not item.cancelled]   # some may have gone meanwhile
-            useful = min(granted, elements_for(len(remaining), self.per_job))
+            useful = min(granted, elements_for(len(remaining), per_job))
             if useful < granted:
                 room.release(granted - useful)
             if useful == 0:
                 continue
-            group, remaining = remaining[:useful * self.per_job], remaining[useful * self.per_job:]
+            group, remaining = remaining[:useful * per_job], remaining[useful * per_job:]
             try:
                 submitted += await submit_array(group)
             except Oversized:   # the limit shrank below this array: put it back, smaller next time

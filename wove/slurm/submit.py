@@ -3,8 +3,9 @@
 Payloads of one task with the same resources that arrive within a few milliseconds of each other form a
 batch. A batch of one (or any batch with ``arrays=False``) goes out as single jobs; a larger one as job arrays
 whose elements each read their own payload from one spool file (``items_per_job`` payloads to an element),
-split at ``MaxArraySize`` and at the room a submit limit leaves (pacing.py). Every submitted item is handed
-to the monitor, or cancelled at once when nobody waits for it any more.
+split at ``MaxArraySize`` and at the room a submit limit leaves (pacing.py). A task's ``resources`` may set
+its own ``arrays`` and ``items_per_job`` (resources.SUBMIT_KEYS); the environment's are the default. Every
+submitted item is handed to the monitor, or cancelled at once when nobody waits for it any more.
 """
 
 from __future__ import annotations
@@ -42,9 +43,13 @@ class Item:
 
 @dataclass
 class Batch:
+    """Payloads of one task with equal resources, and how they go out (arrays, items to an element)."""
+
     task: str
     resources: dict[str, Any]
     workers: Optional[int]
+    arrays: bool = True
+    per_job: int = 1
     items: list[Item] = field(default_factory=list)
 
 
@@ -97,8 +102,10 @@ class Submitter:
         loop = asyncio.get_running_loop()
         batch = self._batches.get(batch_key)
         if batch is None:
-            batch = self._batches[batch_key] = Batch(str(frame.get("task_name")), task_resources,
-                                                     frame.get("workers"))
+            batch = self._batches[batch_key] = Batch(
+                str(frame.get("task_name")), task_resources, frame.get("workers"),
+                arrays=bool(task_resources.get("arrays", self.use_arrays)),
+                per_job=max(1, int(task_resources.get("items_per_job") or self.per_job)))
             loop.call_later(BATCH_WINDOW, self._start_flush, batch_key)
         item = Item(payload, frame, loop.create_future())
         batch.items.append(item)
@@ -127,11 +134,9 @@ class Submitter:
 
         A failed sbatch fails its own items only.
         """
-        room = self.pacer.room_for(batch.resources)
-        if len(items) == 1 or not self.use_arrays:
-            outcomes = await asyncio.gather(*(self._submit_single(batch, item, room) for item in items),
-                                            return_exceptions=True)
-            pairs = list(zip([[item] for item in items], outcomes))
+        room = self.pacer.room_for(batch.resources, batch.task)
+        if len(items) == 1 or not batch.arrays:
+            pairs = await self._singles(batch, items, room)
         else:
             max_array, _ = await asyncio.gather(self.cli.max_array_size(), room.ready())
             if room.bound is None:
@@ -145,16 +150,38 @@ class Submitter:
                         item.future.set_exception(outcome)
                         item.future.exception()
 
+    async def _singles(self, batch: Batch, items: list[Item], room: SubmitRoom) -> list[tuple[list[Item], Any]]:
+        """One job per item; with ``workers=N``, at most N of them queued or running at once (the scheduler
+        leaves ``workers`` to an environment with arrays, and a task's ``arrays=False`` has no ``%N``)."""
+        workers = batch.workers
+        if not workers or len(items) <= workers:
+            outcomes = await asyncio.gather(*(self._submit_single(batch, item, room) for item in items),
+                                            return_exceptions=True)
+            return list(zip([[item] for item in items], outcomes))
+        started: list[tuple[Item, asyncio.Task[None]]] = []
+
+        def in_flight() -> int:
+            return sum(1 for item, task in started if not task.done() or _job_key(item) in self.monitor.jobs)
+
+        loop = asyncio.get_running_loop()
+        for item in items:
+            while not item.cancelled and in_flight() >= workers:
+                await room.wait_changed(1.0)
+            if not item.cancelled:
+                started.append((item, loop.create_task(self._submit_single(batch, item, room))))
+        outcomes = await asyncio.gather(*(task for _, task in started), return_exceptions=True)
+        return list(zip([[item] for item, _ in started], outcomes))
+
     async def _unbounded_arrays(self, batch: Batch, items: list[Item], room: SubmitRoom,
                                 max_array: int) -> list[tuple[list[Item], Any]]:
         """No submit limit known: every chunk of ``MaxArraySize`` elements at once."""
-        chunk = max_array * self.per_job
+        chunk = max_array * batch.per_job
         groups = [items[start:start + chunk] for start in range(0, len(items), chunk)]
         # A throttle (workers=N) is shared between the chunks so the whole map stays within N.
         throttle = max(1, batch.workers // len(groups)) if batch.workers else None
 
         async def reserve_and_submit(group: list[Item]) -> list[str]:
-            await room.take(elements_for(len(group), self.per_job), exact=True)   # granted at once (and counted)
+            await room.take(elements_for(len(group), batch.per_job), exact=True)   # granted at once (and counted)
             return await self._submit_array(batch, group, throttle, room)
 
         outcomes = await asyncio.gather(*(reserve_and_submit(group) for group in groups), return_exceptions=True)
@@ -171,10 +198,12 @@ class Submitter:
         def submit_array(group: list[Item]) -> Any:
             return self._submit_array(batch, group, None, room)
 
-        return await self.pacer.paced_arrays(items, room, max_array, batch.workers, submit_array)
+        return await self.pacer.paced_arrays(items, room, max_array, batch.workers, submit_array,
+                                             per_job=batch.per_job)
 
     async def _submit_single(self, batch: Batch, item: Item, room: SubmitRoom) -> None:
-        task_resources = resources.merge(batch.resources, item.frame.get("resources") or {})
+        task_resources = batch.resources   # the environment's and the task's already (merging again would
+        # repeat the task's sbatch_args and setup lines)
         if not await room.take(1, abandoned=lambda: item.cancelled):
             return   # cancelled while waiting for room: nobody waits for this job
         try:
@@ -190,7 +219,7 @@ class Submitter:
     async def _submit_array(self, batch: Batch, items: list[Item], workers: Optional[int],
                             room: SubmitRoom) -> list[str]:
         """Submit one array; the caller reserved one job per element in ``room``. Returns the element keys."""
-        per_job = self.per_job
+        per_job = batch.per_job
         elements = elements_for(len(items), per_job)
         name = f"array-{uuid.uuid4().hex}.payloads"
         try:
@@ -257,6 +286,14 @@ class _NullRecord:
         self.details: dict[str, Any] = {}
         self.state = self.reason = self.node = ""
         self.started_at = None
+
+
+def _job_key(item: Item) -> Optional[str]:
+    """The job key an item was given, if its submission succeeded."""
+    future = item.future
+    if future.done() and not future.cancelled() and future.exception() is None:
+        return future.result()
+    return None
 
 
 def _spool_text(payload: dict[str, Any]) -> str:
