@@ -2,7 +2,8 @@
 
 Counting and drawing are checked on hand-built ``RunRecord``s; two real weaves (stdio tasks) run in a
 subprocess, once on a pseudo-terminal and once with stderr to a pipe. The Slurm side (pending reasons from
-a real queue) is tests/slurm/test_progress.py.
+a real queue) is tests/slurm/test_slurm_progress.py (a basename of its own: the test directories are
+not packages, so two test_progress.py files cannot be collected in one run).
 """
 
 from __future__ import annotations
