@@ -68,7 +68,7 @@ def attach(exc: BaseException, logs: JobLogs, *, note: bool = True) -> BaseExcep
             add_note(text)
         else:
             try:
-                exc.__notes__ = [*getattr(exc, "__notes__", []), text]   # type: ignore[attr-defined]
+                exc.__notes__ = [*getattr(exc, "__notes__", []), text]
             except (AttributeError, TypeError):
                 pass
     return exc
