@@ -45,7 +45,46 @@ async def call(runtime: Runtime, name: str, func: Callable[..., Any], is_async: 
                kwargs: dict[str, Any], settings: dict[str, Any], environment: str, *,
                map_index: Optional[int] = None, resources: Optional[dict[str, Any]] = None,
                group: Optional[str] = None, pool: Optional[ThreadPoolExecutor] = None) -> Any:
-    """Run one call with the task's retries and per-attempt timeout, wherever its environment says."""
+    """Run one call with the task's retries and per-attempt timeout, wherever its environment says.
+
+    In a journaled weave a call an earlier run finished is read back instead of run, and a call that ends
+    here is recorded (see ``wove.journal``).
+    """
+    journal = runtime.journal if settings.get("journal", True) else None
+    if journal is None:
+        return await _attempts(runtime, name, func, is_async, args, kwargs, settings, environment,
+                               map_index=map_index, resources=resources, group=group, pool=pool)
+    key = await journal.key(name, func, args, kwargs, environment, resources)
+    if key is not None:
+        entry = journal.lookup(key)
+        if entry is not None:
+            value = await journal.finished_value(entry)
+            if not journal.is_missing(value):
+                _note_reused(runtime, name, environment, map_index, entry)
+                return value
+    value = await _attempts(runtime, name, func, is_async, args, kwargs, settings, environment,
+                            map_index=map_index, resources=resources, group=group, pool=pool)
+    if key is not None:
+        records = [r for r in runtime.result._jobs.get(name, ()) if r.map_index == map_index]
+        job_id = max(records, key=lambda r: r.attempt).job_id if records else None
+        await journal.record_done(key, name, map_index, value, job_id=job_id)
+    return value
+
+
+def _note_reused(runtime: Runtime, name: str, environment: str, map_index: Optional[int], entry: Any) -> None:
+    """A call read back from the journal shows in ``w.result.jobs`` with state ``JOURNALED``."""
+    from .executors.runtime import RunRecord
+
+    runtime.journal_reused += 1
+    runtime.result._jobs.setdefault(name, []).append(RunRecord(
+        task=name, run_id="", environment=environment, map_index=map_index, job_id=entry.job_id,
+        state="JOURNALED", outcome="result", finished_at=entry.time, details={"journal": "reused"}))
+
+
+async def _attempts(runtime: Runtime, name: str, func: Callable[..., Any], is_async: bool, args: tuple[Any, ...],
+                    kwargs: dict[str, Any], settings: dict[str, Any], environment: str, *,
+                    map_index: Optional[int] = None, resources: Optional[dict[str, Any]] = None,
+                    group: Optional[str] = None, pool: Optional[ThreadPoolExecutor] = None) -> Any:
     remote = await runtime.environment(environment)
     retries, timeout = settings["retries"], settings["timeout"]
     records = runtime.result._jobs.setdefault(name, []) if remote is not None else None

@@ -78,6 +78,13 @@ def _boolean(key: str, value: Any) -> Any:
     raise InvalidValueError(f"{key} must be True or False, got {value!r}")
 
 
+def _journal_path(key: str, value: Any) -> Any:
+    if value is None or value is False or (isinstance(value, (str, os.PathLike)) and os.fspath(value)):
+        return value
+    raise InvalidValueError(f"{key} must be the path of a directory for the weave's journal (wove creates it, "
+                            f"mode 0700), or None/False for none; got {value!r}")
+
+
 def _idempotency_key(key: str, value: Any) -> Any:
     if value is None or isinstance(value, str) or callable(value):
         return value
@@ -120,6 +127,7 @@ WEAVE_SETTINGS: dict[str, Callable[[str, Any], Any]] = {
     "background": _boolean,
     "fork": _boolean,
     "progress": _boolean,
+    "journal": _journal_path,   # a durable weave: see wove/journal
 }
 SETTINGS = {**TASK_SETTINGS, **WEAVE_SETTINGS}
 
@@ -135,6 +143,7 @@ DEFAULTS: dict[str, Any] = {
     "background": False,
     "fork": False,
     "progress": False,
+    "journal": None,
     "delivery_timeout": None,
     "delivery_idempotency_key": None,
     "delivery_cancel_mode": "best_effort",

@@ -94,7 +94,7 @@ async def run_mapped(runtime: Runtime, spec: TaskSpec, args: list[Any], kwargs: 
     bind = binder(spec.item_param, args, kwargs)
     keep_going = (settings.get("item_errors") or "raise") != "raise"
     simple = (runtime.is_local(environment) and settings["retries"] == 0 and settings["timeout"] is None
-              and settings["workers"] is None and settings["limit_per_minute"] is None)
+              and settings["workers"] is None and settings["limit_per_minute"] is None and runtime.journal is None)
     if simple and not spec.is_async:
         outcomes = await _map_sync_fast(runtime, spec.name, spec.func, bind, items, keep_going)
         return settle(runtime, spec.name, items, outcomes, settings)

@@ -12,7 +12,7 @@ from . import _config
 from .errors import InvalidTypeError, InvalidValueError, WoveError
 
 #: Options ``@w.do`` accepts besides the map source.
-TASK_OPTIONS = (*_config.TASK_SETTINGS, "environment", "resources")
+TASK_OPTIONS = (*_config.TASK_SETTINGS, "environment", "resources", "journal")
 
 
 # wove 2.0.3's words for `workers` / `limit_per_minute` on a task that is not mapped (from @w.do, from merge)
@@ -36,6 +36,11 @@ def validate_task_options(options: dict[str, Any], *, mapped: bool, name: str = 
                                    + _config.unknown_key_message("task option", key, TASK_OPTIONS))
         if key == "environment":
             _config._environment_name(key, value)
+        elif key == "journal":
+            if not isinstance(value, bool):
+                raise InvalidValueError(f"{where}journal must be True or False on a task (False: never journal "
+                                        f"its calls, e.g. for side effects); the journal's path is set on the "
+                                        f"weave, an environment or wove.config(); got {value!r}")
         elif key == "resources":
             if value is not None and not isinstance(value, dict):
                 raise InvalidValueError(f"{where}resources must be a dict such as {{'mem': '2G', 'time': '10:00'}}, "

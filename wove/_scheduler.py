@@ -27,6 +27,10 @@ from ._mapping import ITEM
 from ._mapping import binder as _binder  # noqa: F401  (re-exported: wove._merge imports it from here)
 from ._result import WoveResult
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from .journal.session import JournalSession
+
 _current_runtime: contextvars.ContextVar[Optional[Runtime]] = contextvars.ContextVar(
     "wove_runtime", default=None)
 _thread_state = threading.local()
@@ -77,6 +81,8 @@ class Runtime:
         self._total = len(plan.tasks)
         self._finished = 0
         self._started: dict[str, float] = {}
+        self.journal: Optional[JournalSession] = None   # weave(journal=PATH): opened by run()
+        self.journal_reused = 0                          # calls read back from it instead of run
 
     # ------------------------------------------------------------------ resources
     def _new_pool(self, prefix: str) -> ThreadPoolExecutor:
@@ -148,11 +154,16 @@ class Runtime:
         if not mapped:
             for key in _MAP_ONLY:  # config-level map defaults never break unmapped tasks
                 settings[key] = None
+        settings["journal"] = options.get("journal", True)   # a task's journal=False: never journaled
         return settings
 
     # ------------------------------------------------------------------ the run
     async def run(self) -> None:
         self.loop = asyncio.get_running_loop()
+        journal_path = self.resolver.weave_value("journal")
+        if journal_path:   # before anything starts: a journal in use elsewhere refuses the whole weave
+            from .journal.session import JournalSession
+            self.journal = await asyncio.to_thread(JournalSession.open, journal_path)
         token = _current_runtime.set(self)
         progress = None
         if self.progress:
@@ -167,6 +178,9 @@ class Runtime:
                     await progress.stop()
                 await self._close_environments()
             finally:
+                if self.journal is not None:   # everything recorded reaches the disk before the block exits
+                    journal, self.journal = self.journal, None
+                    await asyncio.to_thread(journal.close)
                 if self._pool is not None:
                     # Never wait here: everything awaited is done, and a thread still running a timed-out
                     # sync task must not block the caller's event loop (it ends on its own).
@@ -225,14 +239,14 @@ class Runtime:
                            else self._default_environment)
             settings = self.task_settings(spec, environment)
             direct = (spec.map_source is None and settings["retries"] == 0 and settings["timeout"] is None
-                      and self.is_local(environment))
+                      and self.is_local(environment) and self.journal is None)
         else:  # the common case: one cached answer for every plain task
             environment = self._default_environment
             direct = self._plain_direct
             if direct is None:
                 settings = self.task_settings(spec, environment)
                 direct = self._plain_direct = (settings["retries"] == 0 and settings["timeout"] is None
-                                               and self.is_local(environment))
+                                               and self.is_local(environment) and self.journal is None)
         if spec.map_source is not None:
             assert settings is not None   # resolved above for every mapped task
             awaitable = _mapping.run_mapped(self, spec, list(args), kwargs, settings, environment)

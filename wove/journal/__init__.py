@@ -1,0 +1,1 @@
+"""Durable weaves (``weave(journal=PATH)``): what each call produced, kept across the driver's death."""

@@ -1,0 +1,78 @@
+"""The key of one call in a journal: the same key means the same work, so its recorded outcome stands.
+
+A key hashes the task's name, the function's identity (module, qualified name, and a hash of its code,
+constants, defaults and closure: editing the body changes it), the call's arguments as pickled bytes, and
+the settings that change the outcome (environment and resources). Names a function reads from its module's
+globals at call time are not part of it; a change there needs a new journal, or ``journal=False`` on the task.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import types
+from typing import Any, Callable, Optional
+
+from ..errors import WoveError
+
+
+class UnkeyableCallError(WoveError, TypeError):
+    """A call whose function or arguments cannot be pickled, so no stable key exists for it."""
+
+
+def _code_digest(code: types.CodeType, digest: Any) -> None:
+    digest.update(code.co_code)
+    digest.update(repr((code.co_names, code.co_varnames, code.co_freevars, code.co_cellvars, code.co_argcount,
+                        code.co_kwonlyargcount, code.co_flags)).encode())
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            _code_digest(const, digest)
+        else:
+            digest.update(repr(const).encode())
+
+
+def function_identity(func: Callable[..., Any], dumps: Callable[[Any], bytes]) -> str:
+    """Module, qualified name and a digest of code, defaults and closure (``dumps`` pickles values)."""
+    target = getattr(func, "__func__", func)           # bound methods: the function
+    while isinstance(target, functools.partial):
+        target = target.func
+    digest = hashlib.sha256()
+    code = getattr(target, "__code__", None)
+    if code is not None:
+        _code_digest(code, digest)
+    closure = tuple(cell.cell_contents for cell in (getattr(target, "__closure__", None) or ())
+                    if _has_contents(cell))
+    extras: tuple[Any, ...] = (getattr(target, "__defaults__", None), getattr(target, "__kwdefaults__", None), closure)
+    if func is not target:   # partial arguments and bound instances are part of what runs
+        extras += (getattr(func, "args", None), getattr(func, "keywords", None), getattr(func, "__self__", None))
+    if any(value for value in extras):
+        digest.update(dumps(extras))
+    module = getattr(target, "__module__", "") or ""
+    name = getattr(target, "__qualname__", None) or getattr(target, "__name__", "") or type(target).__name__
+    return f"{module}:{name}:{digest.hexdigest()[:32]}"
+
+
+def _has_contents(cell: Any) -> bool:
+    try:
+        _ = cell.cell_contents
+    except ValueError:   # an empty cell
+        return False
+    return True
+
+
+def call_key(task: str, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], *,
+             environment: str, resources: Optional[dict[str, Any]], dumps: Callable[[Any], bytes]) -> str:
+    """The journal key of one call; raises ``UnkeyableCallError`` when its inputs cannot be pickled."""
+    try:
+        identity = function_identity(func, dumps)
+        arguments = dumps((args, sorted(kwargs.items())))
+        settings = dumps((environment, sorted((resources or {}).items())))
+    except Exception as exc:
+        raise UnkeyableCallError(
+            f"task {task!r} cannot be journaled: its function or arguments cannot be pickled "
+            f"({type(exc).__name__}: {exc}); pass picklable arguments, or set journal=False on the task") from exc
+    digest = hashlib.sha256()
+    for part in (task.encode(), identity.encode(), arguments, settings):
+        digest.update(len(part).to_bytes(8, "little"))
+        digest.update(part)
+    return digest.hexdigest()

@@ -1,0 +1,98 @@
+"""A weave's use of its journal: key each call, read back what an earlier run finished, record what ends.
+
+Everything that pickles, hashes or touches the disk runs in a thread, so a journaled weave's event loop
+stays as free as any other's. A call that cannot be keyed (unpicklable function or arguments) or whose
+result cannot be pickled still runs; it is just not journaled, and a warning says so once per task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import warnings
+from typing import Any, Callable, Optional
+
+from .keys import UnkeyableCallError, call_key
+from .store import Entry, Journal
+
+log = logging.getLogger("wove.journal")
+
+_MISSING = object()
+
+
+class JournalSession:
+    """One weave run's journal (opened at the start of the run, closed at its end)."""
+
+    def __init__(self, journal: Journal, cloudpickle: Any):
+        self.journal = journal
+        self._pickle = cloudpickle
+        self._warned: set[str] = set()
+        self.reused = 0      # calls read back instead of run
+        self.recorded = 0    # calls whose outcome this run recorded
+
+    @classmethod
+    def open(cls, path: str) -> JournalSession:
+        from ..dispatch.payload import cloudpickle_module
+
+        return cls(Journal.open(path), cloudpickle_module("weave(journal=...)"))
+
+    def _dumps(self, value: Any) -> bytes:
+        return self._pickle.dumps(value, protocol=5)
+
+    async def key(self, task: str, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
+                  environment: str, resources: Optional[dict[str, Any]]) -> Optional[str]:
+        """The call's key, or None (with a warning, once per task) when it cannot be journaled."""
+        try:
+            return await asyncio.to_thread(call_key, task, func, args, kwargs, environment=environment,
+                                           resources=resources, dumps=self._dumps)
+        except UnkeyableCallError as exc:
+            self._warn(task, str(exc))
+            return None
+
+    def lookup(self, key: str) -> Optional[Entry]:
+        return self.journal.lookup(key)
+
+    async def finished_value(self, entry: Entry) -> Any:
+        """The recorded value of a done call, or ``_MISSING`` when it must run again (damaged or gone)."""
+        if entry.state != "done":
+            return _MISSING
+
+        def load() -> Any:
+            data = self.journal.result_bytes(entry)
+            if data is None:
+                return _MISSING
+            try:
+                return self._pickle.loads(data)
+            except Exception as exc:   # e.g. a class that no longer exists: run the call again
+                log.warning("wove: journal %s: the recorded result of task %r cannot be loaded (%s: %s); "
+                            "running the call again", self.journal.path, entry.task, type(exc).__name__, exc)
+                return _MISSING
+
+        return await asyncio.to_thread(load)
+
+    async def record_done(self, key: str, task: str, index: Optional[int], value: Any,
+                          job_id: Optional[str] = None) -> None:
+        try:
+            data = await asyncio.to_thread(self._dumps, value)
+        except Exception as exc:
+            self._warn(task, f"the result of task {task!r} cannot be pickled ({type(exc).__name__}: {exc}), "
+                             "so it is not journaled and a rerun computes it again")
+            return
+        self.journal.record(key, task, "done", index=index, job_id=job_id, result=data)
+        self.recorded += 1
+
+    def record(self, key: str, task: str, state: str, **fields: Any) -> None:
+        self.journal.record(key, task, state, **fields)
+
+    def _warn(self, task: str, message: str) -> None:
+        if task not in self._warned:
+            self._warned.add(task)
+            warnings.warn(message, stacklevel=2)
+
+    @staticmethod
+    def is_missing(value: Any) -> bool:
+        """True for ``finished_value``'s answer "run the call again"."""
+        return value is _MISSING
+
+    def close(self) -> None:
+        self.journal.close()
