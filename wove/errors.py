@@ -16,6 +16,8 @@ clauses keep working::
     |   |   +-- TaskDefinitionError             a task is declared in a way that cannot run
     |   |   +-- TemplateError                   a ``Weave`` template instantiated directly, or not a template
     |   |   +-- MapSourceError                  a mapped task's source is not iterable
+    |   |   +-- TaskPicklingError               a remote task's function, argument or return value cannot
+    |   |                                       be pickled
     |   +-- UnresolvedSignatureError (NameError)  a parameter names nothing the weave has
     |   +-- ReservedNameError (NameError)       a task or init value uses a name wove reserves
     |   +-- UnknownEnvironmentError (NameError)   an environment name that is not configured
@@ -245,3 +247,20 @@ def __dir__() -> list[str]:
 
 __all__ = [*(name for name, value in list(globals().items())
              if isinstance(value, type) and issubclass(value, BaseException)), *_SLURM_NAMES, *_LAZY]
+
+
+class TaskPicklingError(InvalidTypeError):
+    """A remote task's function, an argument or its return value cannot be pickled, so it cannot travel.
+
+    A ``TypeError`` (what pickle raises). ``task`` names the task, ``what`` the part that failed
+    (``"argument 'x'"``, ``"the function itself"``, ``"return value"``), ``type_name`` the type that could
+    not be pickled; the original error is the ``__cause__``.
+    """
+
+    def __init__(self, message: str, *, task: Optional[str] = None, what: Optional[str] = None,
+                 type_name: Optional[str] = None):
+        super().__init__(message)
+        self.task, self.what, self.type_name = task, what, type_name
+
+
+__all__.append("TaskPicklingError")

@@ -13,9 +13,16 @@ import os
 import pickle
 import sys
 import threading
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Optional
 
-from .dispatch.worker import _context, _dumps, _error_fields, _extend_import_path, version_mismatch
+from .dispatch.worker import (
+    _context,
+    _dumps,
+    _error_fields,
+    _extend_import_path,
+    unpicklable_result,
+    version_mismatch,
+)
 
 
 class StdioWorker:
@@ -24,16 +31,20 @@ class StdioWorker:
         self.tasks: dict[str, asyncio.Future[Any]] = {}
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
         self.finished: asyncio.Event = None  # type: ignore[assignment]  # made in main(): 3.9 binds it to a loop
+        self.reader: Optional[threading.Thread] = None
 
     def emit(self, frame: dict[str, Any]) -> None:
         self.out.write(json.dumps(frame, separators=(",", ":")).encode() + b"\n")
         self.out.flush()
 
     def _read_stdin(self) -> None:
-        for line in sys.stdin.buffer:
-            if line.strip():
-                self.loop.call_soon_threadsafe(self.handle_line, line)
-        self.loop.call_soon_threadsafe(self.finished.set)
+        try:
+            for line in sys.stdin.buffer:
+                if line.strip():
+                    self.loop.call_soon_threadsafe(self.handle_line, line)
+            self.loop.call_soon_threadsafe(self.finished.set)
+        except RuntimeError:   # the loop closed first (a shutdown frame, then end of input)
+            pass
 
     def handle_line(self, line: bytes) -> None:
         try:
@@ -88,7 +99,7 @@ class StdioWorker:
             try:
                 encoded = base64.b64encode(_dumps(value)).decode("ascii")
             except Exception as exc:
-                self.emit({"type": "task_error", **base, **_error_fields(exc)})
+                self.emit({"type": "task_error", **base, **unpicklable_result(frame, value, exc)})
                 return
             self.emit({"type": "task_result", **base, "result_pickle": encoded})
         finally:
@@ -104,7 +115,8 @@ class StdioWorker:
     async def main(self) -> None:
         self.loop = asyncio.get_running_loop()
         self.finished = asyncio.Event()
-        threading.Thread(target=self._read_stdin, name="wove-stdin", daemon=True).start()
+        self.reader = threading.Thread(target=self._read_stdin, name="wove-stdin", daemon=True)
+        self.reader.start()
         await self.finished.wait()
         for task in list(self.tasks.values()):
             task.cancel()
@@ -117,8 +129,17 @@ def main() -> int:
     protocol_out = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)
     sys.stdout = sys.stderr
-    asyncio.run(StdioWorker(protocol_out).main())
+    worker = StdioWorker(protocol_out)
+    asyncio.run(worker.main())
     protocol_out.close()
+    # After a shutdown frame, stdin's end follows at once. A reader thread still blocked in read() at
+    # interpreter exit holds stdin's lock, which aborts the process ("Fatal Python error: could not
+    # acquire lock"): wait for it, and if input never ends, leave without finalizing.
+    if worker.reader is not None:
+        worker.reader.join(2.0)
+        if worker.reader.is_alive():
+            sys.stderr.flush()
+            os._exit(0)
     return 0
 
 

@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from typing import Any, Callable, Optional
 
 from ..errors import MissingDispatchFeatureError
-from . import protocol, spool
+from . import pickling, protocol, spool
 
 DEFAULT_SPOOL_THRESHOLD = 64 * 1024
 #: Raw pickles above this size get a spool file of their own instead of riding in the payload.
@@ -81,24 +81,26 @@ class PayloadBuilder:
         one pickle and then all are ready together (so they can still go out as one job array).
         """
         loop = asyncio.get_running_loop()
+        pickling.warn_open_files(func, args, kwargs, task_name, task_id)
         if self._thread is None:
             self._thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="wove-payload")
-        func_or_field: Callable[..., Any] | str = func
+        shared: Optional[str] = None
         if mapped:
-            func_or_field = await self._shared_callable(func)
+            shared = await self._shared_callable(func, task_name)
             if _small(args, kwargs):
-                return self._assemble(run_id, task_id, task_name, func_or_field, args, kwargs, delivery)
+                return self._assemble(run_id, task_id, task_name, func, shared, args, kwargs, delivery)
         return await loop.run_in_executor(self._thread, self._assemble, run_id, task_id, task_name,
-                                          func_or_field, args, kwargs, delivery)
+                                          func, shared, args, kwargs, delivery)
 
-    async def _shared_callable(self, func: Callable[..., Any]) -> str:
+    async def _shared_callable(self, func: Callable[..., Any], task_name: Optional[str]) -> str:
         pending = self._pending.get(id(func))
         if pending is None or pending[0] is not func:
             cached = self._callables.get(id(func))
             if cached is not None and cached[0] is func:
                 return cached[1]
             assert self._thread is not None
-            future = asyncio.get_running_loop().run_in_executor(self._thread, self._pickle_callable, func)
+            future = asyncio.get_running_loop().run_in_executor(self._thread, self._pickle_callable, func,
+                                                                task_name)
             pending = self._pending[id(func)] = (func, future)
         field = await asyncio.shield(pending[1])
         # Cached on the loop, once the pickle is delivered: every item that waited for it resumes in the
@@ -108,17 +110,17 @@ class PayloadBuilder:
             self._callables[id(func)] = (func, field)
         return field
 
-    def _pickle_callable(self, func: Callable[..., Any]) -> str:
-        return self._field(cloudpickle_module().dumps(func), f"{id(func)}.fn")
+    def _pickle_callable(self, func: Callable[..., Any], task_name: Optional[str]) -> str:
+        cloudpickle_module()
+        return self._field(pickling.pickle_function(func, task_name), f"{id(func)}.fn")
 
     def _assemble(self, run_id: str, task_id: Optional[str], task_name: Optional[str],
-                  func_or_field: Callable[..., Any] | str, args: tuple[Any, ...], kwargs: Mapping[str, Any],
-                  delivery: Mapping[str, Any]) -> dict[str, Any]:
-        cloudpickle = cloudpickle_module()
-        if isinstance(func_or_field, str):   # a mapped task's shared function pickle
-            callable_field = func_or_field
-        else:
-            callable_field = self._field(cloudpickle.dumps(func_or_field), callable_name(run_id))
+                  func: Callable[..., Any], shared: Optional[str], args: tuple[Any, ...],
+                  kwargs: Mapping[str, Any], delivery: Mapping[str, Any]) -> dict[str, Any]:
+        """The payload dict; ``shared`` is a mapped task's function pickle, made once for all its items."""
+        cloudpickle_module()
+        if shared is None:
+            shared = self._field(pickling.pickle_function(func, task_name, task_id), callable_name(run_id))
         delivery = dict(delivery)
         if self.post_timeout:
             delivery["post_timeout"] = self.post_timeout
@@ -127,8 +129,9 @@ class PayloadBuilder:
             "run_id": run_id,
             "task_id": task_id,
             "task_name": task_name,
-            "callable_pickle": callable_field,
-            "args_pickle": self._field(cloudpickle.dumps((tuple(args), dict(kwargs))), args_name(run_id)),
+            "callable_pickle": shared,
+            "args_pickle": self._field(pickling.pickle_arguments(func, tuple(args), dict(kwargs), task_name,
+                                                                 task_id), args_name(run_id)),
             "delivery": delivery,
             "signing": {"alg": "hmac-sha256", "key": protocol.new_key()},
         }

@@ -79,6 +79,16 @@ def _error_fields(exc: BaseException, source: str = "task", message: Optional[st
     return fields
 
 
+def unpicklable_result(frame: dict[str, Any], value: Any, exc: Exception) -> dict[str, Any]:
+    """The ``task_error`` fields for a return value that cannot be pickled: which task, which type."""
+    from .pickling import return_value_error
+
+    try:
+        raise return_value_error(frame.get("task_name"), frame.get("task_id"), value, exc, _dumps) from exc
+    except Exception as error:
+        return _error_fields(error)
+
+
 def _cloudpickle_version() -> str:
     """The installed cloudpickle's version, read without importing it (that costs ~25 ms per job)."""
     module = sys.modules.get("cloudpickle")
@@ -187,9 +197,7 @@ def execute(payload: dict[str, Any], *, sender: Optional[EventSender] = None,
             try:
                 outcome, fields, code = "task_result", {"result_pickle": _b64(_dumps(value))}, EXIT_OK
             except Exception as exc:
-                outcome, code = "task_error", EXIT_TASK_FAILED
-                fields = _error_fields(exc, message=f"the task's result could not be pickled: "
-                                                    f"{type(exc).__name__}: {exc}")
+                outcome, fields, code = "task_error", unpicklable_result(payload, value, exc), EXIT_TASK_FAILED
     finally:
         if heartbeat is not None:
             heartbeat.stopped.set()

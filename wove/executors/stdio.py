@@ -8,7 +8,6 @@ If the worker dies, every run it had fails at once with the exit code, instead o
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import os
 import shlex
@@ -16,7 +15,7 @@ import sys
 from collections.abc import Mapping
 from typing import Any, Optional
 
-from ..dispatch import protocol
+from ..dispatch import pickling, protocol
 from ..dispatch.events import unpack
 from ..errors import EnvironmentDefinitionError, EnvironmentExecutionError, ExecutorStartError
 from .adapter import cloudpickle_module, import_path
@@ -98,12 +97,16 @@ class StdioExecutor(EnvironmentExecutor):
         assert self.process is not None and self.process.stdin is not None, "executor used before start()"
         kind = frame.get("type")
         if kind == "run_task":
-            cloudpickle = cloudpickle_module()
+            cloudpickle_module()
+            func, (args, kwargs) = frame["callable"], frame.get("args") or ((), {})
+            args, kwargs = tuple(args), dict(kwargs)
+            task_name, task_id = frame.get("task_name"), frame.get("task_id")
+            pickling.warn_open_files(func, args, kwargs, task_name, task_id)
             wire = {
-                "type": "run_task", "run_id": frame["run_id"], "task_id": frame.get("task_id"),
-                "task_name": frame.get("task_name"), "delivery": dict(frame.get("delivery") or {}),
-                "callable_pickle": base64.b64encode(cloudpickle.dumps(frame["callable"])).decode("ascii"),
-                "args_pickle": base64.b64encode(cloudpickle.dumps(tuple(frame.get("args") or ((), {})))).decode(),
+                "type": "run_task", "run_id": frame["run_id"], "task_id": task_id,
+                "task_name": task_name, "delivery": dict(frame.get("delivery") or {}),
+                "callable_pickle": protocol.b64encode(pickling.pickle_function(func, task_name, task_id)),
+                "args_pickle": protocol.b64encode(pickling.pickle_arguments(func, args, kwargs, task_name, task_id)),
                 **self._versions,
                 "sys_path": import_path(),
             }
