@@ -6,13 +6,14 @@ Unknown names, bad values and map-only options on unmapped tasks are refused wit
 
 from __future__ import annotations
 
+import keyword
 from typing import Any
 
 from . import _config
 from .errors import InvalidTypeError, InvalidValueError, WoveError
 
-#: Options ``@w.do`` accepts besides the map source.
-TASK_OPTIONS = (*_config.TASK_SETTINGS, "environment", "resources", "journal")
+#: Options ``@w.do`` accepts besides the map source (``name`` names the task: ``@w.do`` only, not merge).
+TASK_OPTIONS = (*_config.TASK_SETTINGS, "environment", "resources", "journal", "name")
 
 
 # wove 2.0.3's words for `workers` / `limit_per_minute` on a task that is not mapped (from @w.do, from merge)
@@ -34,7 +35,9 @@ def validate_task_options(options: dict[str, Any], *, mapped: bool, name: str = 
             # Python's words for an unknown keyword (wove 2.0.3's do() and merge() had explicit keywords)
             raise InvalidTypeError(f"{caller}() got an unexpected keyword argument '{key}': {where}"
                                    + _config.unknown_key_message("task option", key, TASK_OPTIONS))
-        if key == "environment":
+        if key == "name":
+            validate_task_name(value, caller)
+        elif key == "environment":
             _config._environment_name(key, value)
         elif key == "journal":
             if not isinstance(value, bool):
@@ -61,6 +64,25 @@ def validate_task_options(options: dict[str, Any], *, mapped: bool, name: str = 
                                     "mapped task does, but this task is not mapped (@w.do(iterable) or "
                                     "@w.do('upstream')); remove it, or use error_mode for a whole task")
     return options
+
+
+def validate_task_name(value: Any, caller: str = "do") -> str:
+    """``name=``: the task's name instead of its function's ``__name__`` (a lambda's is ``<lambda>``).
+
+    Parameters name their dependencies, so a task name must be a Python identifier to be usable at all;
+    reserved names and clashes with init values are refused where every task name is (at registration).
+    """
+    if caller == "merge":
+        raise InvalidTypeError(f"merge() got an unexpected keyword argument 'name': a merged call is not a task "
+                               f"of the weave (nothing can depend on it by name); got name={value!r}")
+    if not isinstance(value, str):
+        raise InvalidTypeError(f"name must be a string (the task's name, a Python identifier such as "
+                               f"'add_one'), got {type(value).__name__} {value!r}")
+    if not value.isidentifier() or keyword.iskeyword(value):
+        raise InvalidValueError(f"name={value!r} is not a usable task name: other tasks take a task's value "
+                                f"through a parameter of that name, so it must be a Python identifier that is "
+                                f"not a keyword, such as 'add_one'")
+    return value
 
 
 def validate_resources(resolver: _config.Resolver, options: dict[str, Any], where: str) -> dict[str, Any]:

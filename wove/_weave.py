@@ -62,7 +62,8 @@ def _make_spec(func: Callable[..., Any], map_source: Any, options: dict[str, Any
         raise TaskDefinitionError(f"a task must be a function, got {type(func).__name__} {func!r}")
     name = name or getattr(func, "__name__", None)
     if not name:
-        raise TaskDefinitionError(f"cannot name task {func!r}: give it a __name__")
+        raise TaskDefinitionError(f"cannot name task {func!r}: it has no __name__; name it with "
+                                  f"w.do(func, name='my_task')")
     try:
         params = parameters(func)
     except (TypeError, ValueError) as exc:
@@ -98,11 +99,7 @@ class Weave:
             f.__wove_task__ = (map_source, dict(options))  # type: ignore[attr-defined]
             return f
 
-        if func is not None:
-            if options:
-                raise TaskDefinitionError("use @Weave.do or @Weave.do(**options), not both at once")
-            return mark(func)
-        return mark
+        return mark(func) if func is not None else mark
 
     @classmethod
     def _template_tasks(cls) -> list[str]:
@@ -172,22 +169,28 @@ class WeaveContext:
         for name in parent._template_tasks():
             bound = getattr(instance, name)
             map_source, options = bound.__wove_task__
-            self._register(_make_spec(bound, map_source, dict(options), name=name))
+            options = dict(options)
+            self._register(_make_spec(bound, map_source, options, name=options.pop("name", None) or name))
 
     def do(self, *args: Any, **options: Any) -> Any:
-        """Register a task: ``@w.do``, ``@w.do(**opts)``, ``@w.do(iterable)``, ``@w.do("upstream")``."""
+        """Register a task: ``@w.do``, ``@w.do(**opts)``, ``@w.do(iterable)``, ``@w.do("upstream")``, or
+        ``w.do(func, **opts)`` (a lambda with options); ``name=`` names the task instead of ``__name__``."""
         map_source, func = _split_do_arguments(args)
-        if func is not None:
-            if options:
-                raise TaskDefinitionError("use @w.do or @w.do(**options), not both at once")
-            self._register(_make_spec(func, None, {}), explicit_source=False)
-            return func
 
         def decorator(f: F) -> F:
-            spec = _make_spec(f, map_source, dict(options))
+            opts = dict(options)
+            name = opts.pop("name", None)
+            if name is not None:   # checked here, before the spec, so a bad name is named as the fault
+                validate_task_options({"name": name}, mapped=False)
+            elif getattr(f, "__name__", None) == "<lambda>" and "<lambda>" in self._tasks:
+                raise TaskDefinitionError("a second lambda task was registered without a name: both would be "
+                                          "called '<lambda>' and the second would silently replace the first; "
+                                          "name each one, e.g. w.do(lambda x: x + 1, name='add_one')")
+            spec = _make_spec(f, map_source, opts, name=name)
             self._register(spec, explicit_source=map_source is not None)
             return f
-        return decorator
+
+        return decorator(func) if func is not None else decorator
 
     def _register(self, spec: TaskSpec, explicit_source: bool = True) -> None:
         name = spec.name

@@ -2,8 +2,15 @@
 
 import pytest
 
-from wove import weave
-from wove.errors import DependencyCycleError, TaskDefinitionError, UnresolvedSignatureError
+import wove
+from wove import Weave, merge, weave
+from wove.errors import (
+    DependencyCycleError,
+    ReservedNameError,
+    TaskDefinitionError,
+    UnresolvedSignatureError,
+    WoveError,
+)
 
 
 def test_bare_decorator_and_empty_call_register_tasks():
@@ -345,3 +352,125 @@ def test_bad_task_option_values_raise_value_error(option):
     with pytest.raises(ValueError) as info, weave() as w:
         w.do(**option)(lambda: 1)
     assert key in str(info.value) and repr(value) in str(info.value)
+
+
+# ---------------------------------------------------------------- w.do(func, **options) and name= (issue 12)
+
+
+def test_function_with_options_registers_it_with_those_options():
+    attempts = []
+
+    def flaky():
+        attempts.append(1)
+        if len(attempts) == 1:
+            raise ValueError("first attempt fails")
+        return "ok"
+
+    with weave() as w:
+        assert w.do(flaky, retries=1) is flaky
+
+    assert w.result.flaky == "ok"
+    assert len(attempts) == 2, "retries=1 given with the function applied"
+
+
+def test_lambda_with_options_runs_in_a_remote_environment():
+    import os
+
+    wove.config(environments={"proc": {"executor": "stdio"}})
+    with weave(x=41) as w:
+        w.do(lambda x: (x + 1, os.getpid()), environment="proc")
+
+    value, pid = w.result["<lambda>"]
+    assert value == 42
+    assert pid != os.getpid(), "the lambda ran in the stdio worker, not here"
+    assert [record.environment for record in w.result.jobs["<lambda>"]] == ["proc"]
+
+
+def test_name_option_names_lambdas_and_functions():
+    def base():
+        return 2
+
+    with weave() as w:
+        w.do(lambda: 10, name="ten")
+        w.do(lambda ten: ten + 1, name="eleven", retries=1)
+        w.do([1, 2], name="scaled")(lambda n, ten: n * ten)
+        w.do(base, name="two")
+
+    assert (w.result.ten, w.result.eleven, w.result.scaled, w.result.two) == (10, 11, [10, 20], 2)
+    assert w.execution_plan["dependencies"]["eleven"] == ["ten"]
+    assert "base" not in w.result.timings, "name= replaces the function's own name"
+
+
+def test_name_option_on_template_methods():
+    class Pipeline(Weave):
+        @Weave.do(name="start")
+        def first(self):
+            return 1
+
+        @Weave.do
+        def second(self, start):
+            return start + 1
+
+    with weave(Pipeline) as w:
+        pass
+
+    assert (w.result.start, w.result.second) == (1, 2)
+
+
+def test_second_unnamed_lambda_is_refused_instead_of_replacing_the_first():
+    with pytest.raises(TaskDefinitionError) as info, weave() as w:
+        w.do(lambda: 1)
+        w.do(lambda: 2, retries=1)
+
+    assert isinstance(info.value, TypeError)
+    message = str(info.value)
+    assert "<lambda>" in message and "name=" in message
+
+
+def test_one_unnamed_lambda_is_still_a_task():
+    with weave() as w:
+        w.do(lambda: 1, name="one")
+        w.do(lambda one: one + 1)
+
+    assert w.result["<lambda>"] == 2
+
+
+@pytest.mark.parametrize(("bad", "error"), [("two words", ValueError), ("1st", ValueError), ("class", ValueError),
+                                            ("", ValueError), (3, TypeError)])
+def test_bad_names_are_refused_naming_the_value(bad, error):
+    with pytest.raises(error) as info, weave() as w:
+        w.do(lambda: 1, name=bad)
+
+    assert isinstance(info.value, WoveError)
+    assert repr(bad) in str(info.value) and "identifier" in str(info.value)
+    assert len(w._tasks) == 0
+
+
+@pytest.mark.parametrize("reserved", ["final", "data", "jobs"])
+def test_reserved_names_are_refused_as_for_any_task(reserved):
+    with pytest.raises(ReservedNameError) as info, weave() as w:
+        w.do(lambda: 1, name=reserved)
+
+    assert isinstance(info.value, NameError)
+    assert reserved in str(info.value)
+
+
+def test_name_clashing_with_an_init_value_is_refused():
+    with pytest.raises(ReservedNameError) as info, weave(size=3) as w:
+        w.do(lambda: 1, name="size")
+
+    assert "size" in str(info.value)
+
+
+def test_merge_refuses_name():
+    seen = {}
+    with weave() as w:
+        @w.do
+        def outer():
+            try:
+                merge(lambda: 1, name="inner")
+            except TypeError as exc:
+                seen["error"] = exc
+
+    assert isinstance(seen["error"], WoveError)
+    assert "name" in str(seen["error"]) and "'inner'" in str(seen["error"])
