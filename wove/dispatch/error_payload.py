@@ -85,5 +85,5 @@ def fill_source_lines(text: str) -> str:
         if source:
             if not line.endswith("\n"):
                 out[-1] += "\n"
-            out.append(f"{indent}    {source}\n")
+            out.append(f"{indent}  {source}\n")
     return "".join(out)
