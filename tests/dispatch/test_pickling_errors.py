@@ -172,3 +172,48 @@ def test_a_file_open_for_writing_suggests_passing_its_path(remote, tmp_path):
     error = w.result.writes
     assert isinstance(error, TaskPicklingError) and "argument 'out'" in str(error)
     assert f"Pass the file's path {str(path)!r} and open it inside the task" in str(error)
+
+
+def test_positional_only_parameters_are_named_from_the_signature(remote, tmp_path):
+    path = tmp_path / "notes.txt"
+    path.write_text("x")
+    with open(path) as handle, pytest.warns(UserWarning, match="argument 'notes' is the open file"):
+        with weave(error_mode="return", lock=threading.Lock(), notes=handle) as w:
+            @w.do(environment=remote)
+            def positional(lock, /):
+                return 1
+
+            @w.do(environment=remote)
+            def reads(notes, /):
+                return notes.read()
+
+    assert "its argument 'lock' (a _thread.lock)" in str(w.result.positional)
+    assert w.result.reads == "x"
+
+
+def test_without_a_user_frame_on_the_stack_the_warning_points_at_the_task(remote, tmp_path):
+    """A weave run by a thread the library started has no user code on its stack: the warning then shows
+    the task's definition (its decorator line, as for any decorated function)."""
+    import asyncio
+    import inspect
+
+    path = tmp_path / "notes.txt"
+    path.write_text("x")
+    box = {}
+
+    async def main():
+        async with weave(notes=handle) as w:
+            @w.do(environment=remote)
+            def reads(notes):
+                return notes.read()
+        box["w"] = w
+
+    with open(path) as handle, pytest.warns(UserWarning, match="task 'reads'") as caught:
+        runner = threading.Thread(target=asyncio.run, args=(main(),))   # stdlib frames only below the loop
+        runner.start()
+        runner.join(60)
+
+    assert box["w"].result.reads == "x"
+    (record,) = [r for r in caught if "task 'reads'" in str(r.message)]
+    decorator_line = inspect.getsourcelines(main)[1] + 2
+    assert (record.filename, record.lineno) == (__file__, decorator_line)

@@ -14,6 +14,7 @@ The driver imports this for every remote task; a job only when its return value 
 
 from __future__ import annotations
 
+import functools
 import io
 import itertools
 import os
@@ -51,8 +52,10 @@ def _keeping_filenames() -> type:
         return base
 
     def code_reduce(code: types.CodeType) -> Any:
-        constructor, args = reduce_code(code)
-        return constructor, tuple(code.co_filename if arg == _DYNAMIC else arg for arg in args)
+        reduced = reduce_code(code)
+        if not (isinstance(reduced, tuple) and len(reduced) == 2 and isinstance(reduced[1], tuple)):
+            return reduced
+        return reduced[0], tuple(code.co_filename if arg == _DYNAMIC else arg for arg in reduced[1])
 
     table = getattr(base, "dispatch_table", copyreg.dispatch_table)
     _pickler_class = type("FilenamePickler", (base,), {
@@ -78,9 +81,9 @@ def pickle_function(func: Callable[..., Any], task: Optional[str], task_id: Opti
     detail = "" if culprit is func else f": {where} is {_a(culprit)}"
     raise TaskPicklingError(
         f"{describe_task(task, task_id)} cannot be sent to another process: the function itself cannot be "
-        f"pickled{detail} "
-        f"({_brief(error)}). Create or open that object inside the task, pass what it is made from as an "
-        f"argument, {_LOCAL_FIX}", task=task, what="the function itself", type_name=_type_name(culprit)) from error
+        f"pickled{detail} ({_brief(error)}). Create or open that object inside the task, pass what it is made "
+        f"from as an argument, {_LOCAL_FIX}", task=task, what="the function itself",
+        type_name=_unpicklable_type(func, culprit, error)) from error
 
 
 def pickle_arguments(func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
@@ -98,13 +101,13 @@ def pickle_arguments(func: Callable[..., Any], args: tuple[Any, ...], kwargs: di
             raise argument_error(task, task_id, name, value, where, culprit, exc) from exc
     raise TaskPicklingError(   # each one pickles alone: together they do not (e.g. too deep)
         f"{describe_task(task, task_id)} cannot be sent to another process: its arguments cannot be pickled "
-        f"together "
-        f"({_brief(error)}). Pass smaller or simpler values, {_LOCAL_FIX}",
+        f"together ({_brief(error)}). Pass smaller or simpler values, {_LOCAL_FIX}",
         task=task, what="arguments", type_name=None) from error
 
 
 def argument_error(task: Optional[str], task_id: Optional[str], name: str, value: Any, where: str, culprit: Any,
                    error: BaseException) -> TaskPicklingError:
+    """The error for argument ``name``, whose part ``where`` (``culprit``) is what pickle refused."""
     inside = "" if culprit is value else f": {where} is {_a(culprit)}"
     fix = "Pass something picklable (for example what it is made from), open or create it inside the task"
     if isinstance(culprit, io.IOBase):
@@ -112,7 +115,7 @@ def argument_error(task: Optional[str], task_id: Optional[str], name: str, value
     return TaskPicklingError(
         f"{describe_task(task, task_id)} cannot be sent to another process: its argument {name!r} "
         f"({_a(value)}) cannot be pickled{inside} ({_brief(error)}). {fix}, {_LOCAL_FIX}",
-        task=task, what=f"argument {name!r}", type_name=_type_name(culprit))
+        task=task, what=f"argument {name!r}", type_name=_unpicklable_type(value, culprit, error))
 
 
 def named_arguments(func: Callable[..., Any], args: tuple[Any, ...],
@@ -149,35 +152,29 @@ def warn_open_files(func: Callable[..., Any], args: tuple[Any, ...], kwargs: Map
     cloudpickle sends an open text file as a ``StringIO`` copy of its contents, silently. The warning
     names the task, not the item, so a file shared by every item of a map warns once.
     """
-    for name, value in _shallow(func, args, kwargs):
-        _warn_at_user_code(f"{describe_task(task_name or task_id)}: argument {name} is the open "
-                           f"file{_file_name(value)}; {_FILE_NOTE}", func)
+    names: Optional[dict[int, str]] = None
+    for key, suffix, handle in _open_files(args, kwargs):
+        if isinstance(key, int):   # a positional argument: named from the signature (only now, it costs)
+            names = names if names is not None else dict(enumerate(n for n, _ in named_arguments(func, args, {})))
+            key = names.get(key, f"positional argument {key}")
+        _warn_at_user_code(f"{describe_task(task_name or task_id)}: argument {key!r}{suffix} is the open "
+                           f"file{_file_name(handle)}; {_FILE_NOTE}", func)
 
 
-def _shallow(func: Callable[..., Any], args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> list[tuple[str, Any]]:
-    found: list[tuple[Any, Any]] = []
-    values: list[tuple[Any, Any]] = list(enumerate(args)) + list(kwargs.items())
-    for key, value in values:
+def _open_files(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> list[tuple[int | str, str, Any]]:
+    """``(argument index or name, "[key]" or "", file)`` for each copied file, one level deep."""
+    found: list[tuple[int | str, str, Any]] = []
+    for key, value in itertools.chain(enumerate(args), kwargs.items()):
         if isinstance(value, (list, tuple)):
             inner: Any = enumerate(value[:_FILE_SCAN_LIMIT])
         elif isinstance(value, dict):
             inner = itertools.islice(value.items(), _FILE_SCAN_LIMIT)
         else:
             if _is_copied_file(value):
-                found.append((key, value))
+                found.append((key, "", value))
             continue
-        for index, item in inner:
-            if _is_copied_file(item):
-                found.append((f"{key}[{index!r}]", item))
-    if not found:
-        return found
-    names = dict(enumerate(name for name, _ in named_arguments(func, args, {})))
-    labelled = []
-    for key, value in found:
-        head, _, rest = str(key).partition("[")
-        label = names.get(int(head), head) if head.isdigit() else head
-        labelled.append((repr(label) + (f"[{rest}" if rest else ""), value))
-    return labelled
+        found.extend((key, f"[{index!r}]", item) for index, item in inner if _is_copied_file(item))
+    return found
 
 
 def _is_copied_file(value: Any) -> bool:
@@ -221,7 +218,7 @@ def return_value_error(task: Optional[str], task_id: Optional[str], value: Any, 
     return TaskPicklingError(
         f"{describe_task(task, task_id)} ran, but its return value ({_a(value)}) cannot be pickled to send it "
         f"back{inside} ({_brief(error)}). Return plain data (or write the result to a file and return its path), "
-        f"{_LOCAL_FIX}", task=task, what="return value", type_name=_type_name(culprit))
+        f"{_LOCAL_FIX}", task=task, what="return value", type_name=_unpicklable_type(value, culprit, error))
 
 
 # ---------------------------------------------------------------------------------------------- culprit
@@ -249,6 +246,12 @@ def _parts(value: Any, where: str) -> Any:
         items = ((f"an element of {where}", v) for v in value)
     elif isinstance(value, types.FunctionType):
         items = _function_parts(value, where)
+    elif isinstance(value, types.MethodType):
+        items = iter(((f"{where}.__self__", value.__self__), (f"{where}.__func__", value.__func__)))
+    elif isinstance(value, functools.partial):
+        items = itertools.chain([(f"{where}.func", value.func)],
+                                ((f"{where}.args[{i}]", v) for i, v in enumerate(value.args)),
+                                ((f"{where}.keywords[{k!r}]", v) for k, v in value.keywords.items()))
     elif isinstance(value, type) or not isinstance(getattr(value, "__dict__", None), dict):
         return
     else:
@@ -281,6 +284,16 @@ def _global_names(code: types.CodeType) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------- wording
+_NAMED = re.compile(r"cannot pickle '([^']+)' object")
+
+
+def _unpicklable_type(value: Any, culprit: Any, error: BaseException) -> str:
+    """The type pickle could not handle: the culprit's, or the one pickle's message names when the search
+    could not narrow the value down (a C object holding it, say)."""
+    named = _NAMED.search(str(error)) if culprit is value else None
+    return named.group(1) if named else _type_name(culprit)
+
+
 def _type_name(value: Any) -> str:
     kind = type(value)
     return kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
