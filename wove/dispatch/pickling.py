@@ -164,7 +164,8 @@ def warn_open_files(func: Callable[..., Any], args: tuple[Any, ...], kwargs: Map
 def _open_files(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> list[tuple[int | str, str, Any]]:
     """``(argument index or name, "[key]" or "", file)`` for each copied file, one level deep."""
     found: list[tuple[int | str, str, Any]] = []
-    for key, value in itertools.chain(enumerate(args), kwargs.items()):
+    entries: list[tuple[int | str, Any]] = [*enumerate(args), *kwargs.items()]
+    for key, value in entries:
         if isinstance(value, (list, tuple)):
             inner: Any = enumerate(value[:_FILE_SCAN_LIMIT])
         elif isinstance(value, dict):
