@@ -314,11 +314,7 @@ class RemoteEnvironment:
             record.outcome = "error"
             record.finished_at = time.time()
             error = event.error or error_dict("Error", "remote task failed", source="executor")
-            exc = rebuild_exception(event.exception, error)
-            if record.job_id or record.stderr_path:
-                self._fail_with_logs(run, exc)
-            else:
-                run.future.set_exception(exc)
+            self._fail(run, event.exception, error)
         elif kind == "task_cancelled":
             record.state, record.outcome = "CANCELLED", record.outcome or "cancelled"
             record.finished_at = time.time()
@@ -329,20 +325,28 @@ class RemoteEnvironment:
                 f"(environment {self.name!r})", source="executor")
             run.future.set_exception(rebuild_exception(event.exception, error))
 
-    def _fail_with_logs(self, run: _Run, exc: BaseException) -> None:
-        """Fail ``run`` with ``exc`` once it carries its job's log paths and stderr tail (read in a thread)."""
+    def _fail(self, run: _Run, exception: Any, error: dict[str, Any]) -> None:
+        """Fail ``run`` with the rebuilt exception, carrying its job's log paths and stderr tail if it had a
+        job. Rebuilding reads source files for the traceback and the tail reads the log: both in a thread."""
         run.closing = True
+        record = run.record
 
-        async def finish() -> None:
-            record = run.record
-            try:
-                text = await asyncio.to_thread(joblogs.tail, record.stderr_path)
+        def rebuild() -> BaseException:
+            exc = rebuild_exception(exception, error)
+            if record.job_id or record.stderr_path:
+                text = joblogs.tail(record.stderr_path)
                 joblogs.attach(exc, joblogs.JobLogs(record.job_id, record.node, record.stdout_path,
                                                     record.stderr_path, text),
                                note=getattr(exc, "stderr_tail", None) is None)   # a Slurm error already says
-            finally:
-                if not run.future.done():
-                    run.future.set_exception(exc)
+            return exc
+
+        async def finish() -> None:
+            try:
+                exc = await asyncio.to_thread(rebuild)
+            except Exception as problem:   # never leave the run hanging
+                exc = problem
+            if not run.future.done():
+                run.future.set_exception(exc)
 
         task = asyncio.get_running_loop().create_task(finish())
         self._finishing.add(task)
