@@ -15,7 +15,7 @@ import threading
 import time
 from typing import Any, Callable, Optional, TypeVar, Union
 
-from . import _config
+from . import _config, _signals
 from ._graph import DATA_NAME, MapFrom, Plan, TaskSpec, is_async_callable, parameters, plan
 from ._options import validate_resources, validate_task_options
 from ._report import debug_report, jobs_report
@@ -244,6 +244,11 @@ class WeaveContext:
         used = {self._resolver.environment_name(spec.options.get("environment")) for spec in planned.tasks.values()}
         return any(self._resolver.environments[name].get("progress") for name in used)
 
+    def _remote_work(self, runtime: Runtime) -> bool:
+        """Whether a task is routed to a non-local environment: only then do signals cancel remote runs."""
+        names = {spec.options.get("environment") if spec.options else None for spec in runtime.plan.tasks.values()}
+        return any(not runtime.is_local(self._resolver.environment_name(name)) for name in names)
+
     def _report_jobs(self) -> None:
         if self._debug and self.result._jobs:
             print(jobs_report(self.result), file=sys.stdout, flush=True)
@@ -291,7 +296,11 @@ class WeaveContext:
         if self._start_background(runtime):
             return None
         try:
-            run_sync(runtime.run())
+            if self._remote_work(runtime):   # SIGTERM/SIGHUP/SIGINT cancel its remote runs (see _signals)
+                with _signals.Guard() as guard:
+                    run_sync(_signals.watch(runtime, guard))
+            else:
+                run_sync(runtime.run())
         finally:
             self._report_jobs()
         self._raise_if_failed()
@@ -307,7 +316,11 @@ class WeaveContext:
         if self._start_background(runtime):
             return None
         try:
-            await runtime.run()
+            if self._remote_work(runtime):
+                with _signals.Guard() as guard:
+                    await _signals.watch(runtime, guard)
+            else:
+                await runtime.run()
         finally:
             self._report_jobs()
         self._raise_if_failed()
@@ -325,9 +338,11 @@ class WeaveContext:
             self._forked = start_forked(self._tasks, self._init, self._options, on_done, self.result)
             return True
 
+        remote = self._remote_work(runtime)
+
         def target() -> None:
-            try:
-                asyncio.run(runtime.run())
+            try:   # (a weave off the main thread installs no handlers: see _signals)
+                asyncio.run(_signals.watch(runtime) if remote else runtime.run())
             except BaseException as exc:  # the thread must still call on_done, with the failure on the result
                 if self.result.exception is None:
                     self.result._first_error = exc
