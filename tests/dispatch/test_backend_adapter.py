@@ -11,6 +11,7 @@ import os
 import signal
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from dispatch_helpers import AdapterLog, MyError, SubprocessAdapter, Unloadable, wait_until
@@ -342,6 +343,7 @@ def test_orphan_policy_detach_leaves_the_remote_run_alone(tmp_path):
     wait_until(marker.exists, 30)   # it ran to its end
     log.reap()
     assert w.result.jobs["slow"][0].outcome == "detached"
+    _collect_left_outcome(log)
 
 
 class LateStartAdapter(SubprocessAdapter):
@@ -381,6 +383,15 @@ def test_detached_run_that_starts_late_can_still_read_its_spooled_payload(tmp_pa
     _, err = proc.communicate(timeout=30)
     assert proc.returncode != 3, err.strip()
     assert marker.exists()
+    _collect_left_outcome(log)
+
+
+def _collect_left_outcome(log: AdapterLog) -> None:
+    """A detached run's outcome waits, signed, in its kept spool directory (nobody listened any more)."""
+    left = [p for p in Path(log.payloads[0]["events_dir"]).iterdir() if p.name.endswith(".event")]
+    assert [p for p in left if p.name.endswith(".task_result.event")], left
+    for path in left:
+        path.unlink()
 
 
 def test_require_ack_waits_for_the_worker_to_confirm_cancellation(tmp_path, monkeypatch):

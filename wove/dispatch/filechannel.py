@@ -1,6 +1,8 @@
 """The filesystem result channel: workers write signed event files into the run's ``events`` directory.
 
-For nodes that cannot reach the submitting host (``result_channel="filesystem"``). The poller lists and
+For nodes that cannot reach the submitting host (``result_channel="filesystem"``), and, polled less often,
+behind the HTTP channel too: a worker that cannot reach its weave leaves its events here instead of losing
+them (``dispatch.sender``), for this weave or the next one with the same journal. The poller lists and
 reads files in a thread (a shared filesystem can be slow), then applies the same gate as the HTTP receiver:
 signature first, and decoding of large events (spooled results) in a thread too. A file whose content is not
 readable yet (503) stays for the next round; anything else is deleted once read.
@@ -22,6 +24,7 @@ from .events import BAD_REQUEST, OK, UNAVAILABLE, EventGate
 log = logging.getLogger("wove.dispatch")
 
 POLL_SECONDS = 0.1
+FALLBACK_POLL_SECONDS = 1.0   # the HTTP channel's fallback files: only there when HTTP failed
 OFFLOAD_BYTES = 256 * 1024
 
 
@@ -41,10 +44,12 @@ class _EventFile:
 class FileChannel:
     """Polls one events directory and hands verified frames to ``on_frame``; stopped by ``stop()``."""
 
-    def __init__(self, events: spool.RunDir, gate: EventGate, on_frame: Callable[[dict[str, Any]], None]):
+    def __init__(self, events: spool.RunDir, gate: EventGate, on_frame: Callable[[dict[str, Any]], None],
+                 poll_seconds: float = POLL_SECONDS):
         self.events = events
         self.gate = gate
         self.on_frame = on_frame
+        self.poll_seconds = poll_seconds
         self._task: Optional[asyncio.Task[None]] = None
         self._thread: Optional[concurrent.futures.ThreadPoolExecutor] = None
 
@@ -70,7 +75,7 @@ class FileChannel:
                     await self._apply(item)
                 except Exception:  # one bad file must not stop the channel
                     log.exception("wove: could not process event file %s", item.name)
-            await asyncio.sleep(POLL_SECONDS)
+            await asyncio.sleep(self.poll_seconds)
 
     def _read_new(self) -> list[_EventFile]:
         """(Thread) every event file, in name order (a worker's sequence order), read, hashed, authenticated

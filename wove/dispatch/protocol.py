@@ -52,6 +52,9 @@ _IPAD = bytes(b ^ 0x36 for b in range(256))
 _OPAD = bytes(b ^ 0x5C for b in range(256))
 
 
+# The worker's exit status when it could not reach its weave and left the outcome in the run's spool.
+EXIT_SPOOLED = 4
+
 def hmac_sha256(key: bytes, message: bytes) -> str:
     """HMAC-SHA256 (RFC 2104) over the built-in SHA-256; ``tests`` check it against the ``hmac`` module."""
     if len(key) > 64:

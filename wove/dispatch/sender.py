@@ -18,6 +18,8 @@ if TYPE_CHECKING:
     from typing import Any, Optional
 
 DEFAULT_POST_SECONDS = 60.0
+# A receiver that refuses connections this long is gone (its driver died): the events go to the spool.
+FALLBACK_AFTER_SECONDS = 10.0
 FILE_EVENT_INLINE_BYTES = 4 * 1024 * 1024   # filesystem channel: larger results get a file of their own
 
 
@@ -38,6 +40,7 @@ class EventSender:
         self._lock = lock or threading.Lock()
         self._connection = connection
         self.undelivered: Optional[str] = None
+        self.spooled: Optional[str] = None   # why events went to the spool instead of over HTTP
 
     def _conn(self) -> Connection:
         if self._connection is None:
@@ -69,13 +72,29 @@ class EventSender:
                 protocol.H_INCARNATION: str(self.incarnation), protocol.H_SIGNATURE: signature}
 
     def _post(self, event: str, body: bytes, frame: dict[str, Any]) -> bool:
-        deadline = time.monotonic() + self.post_seconds
+        start = time.monotonic()
+        deadline = start + self.post_seconds
         delay, last_error = 0.1, ""
+        refused_since: Optional[float] = None
         while True:
             try:
                 status = self._conn().post(self._headers(event, body), body, timeout=30.0)
             except (OSError, ValueError) as exc:
                 status, last_error = 0, f"{type(exc).__name__}: {exc}"
+                if isinstance(exc, (ConnectionRefusedError, ConnectionResetError)):
+                    refused_since = refused_since if refused_since is not None else time.monotonic()
+            if status:
+                refused_since = None
+            now = time.monotonic()
+            if not status and self.payload.get("events_dir") and (
+                    now + delay > deadline
+                    or (refused_since is not None and now - refused_since >= FALLBACK_AFTER_SECONDS)):
+                # Nobody listens (the driver died, or cannot be reached from here): keep the event in the
+                # run's spool, signed as always, for this weave or the next driver of its journal.
+                url = protocol.redact(str(self.payload.get("callback_url")))
+                self.spooled = protocol.redact(f"could not reach {url} for {now - start:.0f}s ({last_error})")
+                self.channel = "filesystem"
+                return self._write_event_file(event, body)
             if status in (200, 409):        # 409: an earlier attempt of this very event already arrived
                 return True
             if status == 413 and "result_pickle" in frame:

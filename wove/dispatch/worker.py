@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from typing import Any, Callable, Optional
 
 EXIT_OK, EXIT_TASK_FAILED, EXIT_UNDELIVERED, EXIT_BAD_PAYLOAD = 0, 1, 2, 3
+EXIT_SPOOLED = protocol.EXIT_SPOOLED   # 4: the weave could not be reached; the outcome waits in the spool
 #: Set when the job is warned (SIGUSR1, from executor_config "signal_before_timeout") that its time is nearly up.
 TIME_WARNING = threading.Event()
 SIGNAL_POST_SECONDS = 10.0   # after SIGTERM there is little time left (Slurm's KillWait is 30 s by default)
@@ -298,10 +299,17 @@ def run_payloads(payloads: list[dict[str, Any]], *, max_parallel: int = 1, trap_
         _restore(previous)
         if shared is not None:
             shared.close()
+    spooled = False
     for sender in senders:
         if sender.undelivered:
             print(f"wove.backend_worker: {sender.undelivered}", file=sys.stderr)
-    return max(codes) if codes else EXIT_OK
+        elif sender.spooled:
+            spooled = True
+            print(f"wove.backend_worker: {sender.spooled}; the outcome of {sender.task_id or sender.run_id} was "
+                  f"written to {sender.payload.get('events_dir')} for the weave (or the next run of its "
+                  "journal) to collect", file=sys.stderr)
+    code = max(codes) if codes else EXIT_OK
+    return EXIT_SPOOLED if spooled and code != EXIT_UNDELIVERED else code
 
 
 def main(argv: list[str]) -> int:
@@ -314,7 +322,7 @@ def main(argv: list[str]) -> int:
         return EXIT_BAD_PAYLOAD
     cpus = int(os.environ.get("SLURM_CPUS_PER_TASK") or os.environ.get("WOVE_ITEM_PARALLELISM") or 1)
     code = run_payloads(payloads, max_parallel=min(cpus, len(payloads)))
-    if code == EXIT_UNDELIVERED and reference and reference.startswith(protocol.SPOOL_PREFIX) \
+    if code in (EXIT_UNDELIVERED, EXIT_SPOOLED) and reference and reference.startswith(protocol.SPOOL_PREFIX) \
             and reference.endswith(".payload"):
         # The weave that would have deleted this run's payload is gone: do not leave it behind.
         spool.remove_private(reference[len(protocol.SPOOL_PREFIX):])

@@ -19,7 +19,7 @@ from typing import Any, Optional
 
 from ..dispatch import protocol, spool
 from ..dispatch.events import EventGate
-from ..dispatch.filechannel import FileChannel
+from ..dispatch.filechannel import FALLBACK_POLL_SECONDS, FileChannel
 from ..dispatch.payload import (
     DEFAULT_SPOOL_THRESHOLD,
     PayloadBuilder,
@@ -103,14 +103,18 @@ class BackendAdapterEnvironmentExecutor(EnvironmentExecutor):
             run_dir = self._make_run_dir(environment_name, config.get("spool_dir") or default_spool_root())
             allow = config.get("unpickle_allow")
             gate = self._gate = EventGate(self.spool_dir, allowed_modules=tuple(allow) if allow is not None else None)
+            # Every run has an events directory: the filesystem channel's, or where a worker that cannot
+            # reach the HTTP receiver leaves its events (read here, or by the next driver of a journal).
+            self.events_run_dir = run_dir.make_private("events")
+            self.events_dir = self.events_run_dir.path
             if config.get("result_channel", "http") == "filesystem":
-                self.events_run_dir = run_dir.make_private("events")
-                self.events_dir = self.events_run_dir.path
                 self.callback_url = ""
                 self._files = FileChannel(self.events_run_dir, self._gate, self._on_verified)
-                self._files.start()
             else:
                 await self._start_receiver(gate, config)
+                self._files = FileChannel(self.events_run_dir, self._gate, self._on_verified,
+                                          poll_seconds=FALLBACK_POLL_SECONDS)
+            self._files.start()
             adapter = self.adapter_class(name=environment_name, config=config, callback_url=self.callback_url,
                                          run_config=run_config, **self.adapter_options)
             adapter._executor = self
@@ -308,8 +312,7 @@ class BackendAdapterEnvironmentExecutor(EnvironmentExecutor):
                 # Functions pickled by reference import on the job when it can see the same directories.
                 "sys_path": import_path(),
             }
-            if static["result_channel"] == "filesystem":
-                static["events_dir"] = self.events_dir
+            static["events_dir"] = self.events_dir   # the filesystem channel, or HTTP's fallback
             builder = self._builder = PayloadBuilder(static, self.run_dir, post_timeout=config.get("post_timeout"))
         args, kwargs = frame.get("args") or ((), {})
         return await builder.build(

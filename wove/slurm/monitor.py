@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
+from ..dispatch.protocol import EXIT_SPOOLED
 from ..errors import InvalidTypeError
 from .cli import SlurmCli
 from .errors import SlurmCommandError, SlurmQueueTimeoutError
@@ -30,6 +31,7 @@ _NOT_QUEUE_WAIT = ("JobArrayTaskLimit", "Dependency")
 LOST_AFTER_SECONDS = 30.0
 QUERY_COST_FACTOR = 10.0   # poll no more often than every 10x the time one squeue call takes
 
+SPOOLED_GRACE = 10.0   # seconds to wait for the events of a job that exited with EXIT_SPOOLED
 
 @dataclass
 class TrackedJob:
@@ -268,12 +270,15 @@ class JobMonitor:
         if not info.state.terminal:
             job.terminal_since = None
             return changed
+        # A worker that could not reach the weave left its outcome in the spool (exit 4): the events
+        # directory is polled every second, so give the file a few polls before calling the job lost.
+        grace = max(self.grace, SPOOLED_GRACE) if info.exit_code == EXIT_SPOOLED else self.grace
         if job.terminal_since is None:
             job.terminal_since = now
-            recheck = now + self.grace   # look again right after the grace period
+            recheck = now + grace   # look again right after the grace period
             self._recheck_at = recheck if self._recheck_at is None else min(self._recheck_at, recheck)
             return True
-        if now - job.terminal_since >= self.grace:
+        if now - job.terminal_since >= grace:
             self._fail(job, info)
             return True
         return changed

@@ -1,0 +1,39 @@
+"""No outcome is lost while nobody listens (issue 13, point 3): a worker that cannot reach its weave over
+HTTP leaves the signed event in the run's spool, and the weave collects it from there."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import time
+
+from wove import weave
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]   # nobody listens there once the socket is closed
+
+
+def test_result_reaches_the_weave_through_the_spool_when_http_is_refused(executor, prefix):
+    executor(callback_url=f"http://127.0.0.1:{_closed_port()}/wove/events/notthetoken",
+             keep_logs=True)
+    started = time.monotonic()
+    with weave() as w:
+        @w.do(range(3), environment="slurm")
+        def triple(x):
+            return x * 3
+
+    assert w.result.triple == [0, 3, 6]
+    assert time.monotonic() - started < 90   # 10 s of refused connections, then the file (polled each second)
+    records = w.result.jobs["triple"]
+    assert {r.outcome for r in records} == {"result"}
+    # The worker's exit status says which path the outcome took: 4, "left in the spool".
+    out = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "JobID,ExitCode", "-j", records[0].job_id],
+                         capture_output=True, text=True).stdout
+    assert "|4:0" in out, out
+    with open(records[0].stderr_path) as handle:
+        log = handle.read()
+    assert "could not reach" in log and "for the weave (or the next run of its journal) to collect" in log
+    assert "notthetoken" not in log     # the callback token stays secret in logs
