@@ -364,6 +364,10 @@ def weave(parent: Optional[type[Weave]] = None, *, debug: bool = False, environm
     """Start a weave: ``with weave() as w:`` or ``async with weave() as w:``.
 
     Keyword arguments not listed here become init values that tasks take by parameter name.
+
+    While a weave with a task in a non-local environment runs in the main thread, SIGINT, SIGTERM and SIGHUP
+    first cancel its remote runs (Slurm: scancel and a bounded drain), then do what they did before (see
+    ``wove._signals``). ``background=True`` weaves install no handlers.
     """
     options = {
         "debug": debug, "environment": environment, "max_workers": max_workers, "background": background,

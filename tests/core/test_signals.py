@@ -42,11 +42,13 @@ def in_flight(w, task: str) -> bool:
     return any(record.outcome == "" for record in w.result._jobs.get(task, ()))
 
 
-def send_when_running(w, task: str, signum: int) -> None:
+def send_when_running(w, task: str, signum: int) -> list:
+    """Send ``signum`` to this process once ``task``'s remote run is in flight; return its records."""
     deadline = time.monotonic() + 60
     while not in_flight(w, task) and time.monotonic() < deadline:
         time.sleep(0.02)
     os.kill(os.getpid(), signum)
+    return list(w.result._jobs[task])
 
 
 def test_local_only_weaves_install_nothing():
@@ -200,32 +202,38 @@ def test_weaves_off_the_main_thread_install_nothing():
     assert handlers() == before
 
 
-def test_sigterm_cancels_then_calls_the_users_handler_and_the_block_raises_the_cancellation(capfd):
+def run_in(style: str, build) -> None:
+    """Run a weave built by ``build(w)`` as ``with`` (sync), ``async with``, or a sync ``with`` inside a
+    running loop (the helper-thread path of run_sync)."""
+    if style == "sync":
+        with weave() as w:
+            build(w)
+        return
+
+    async def main():
+        if style == "async":
+            try:
+                async with weave() as w:
+                    build(w)
+            finally:   # the task is as it was before the signal: only the handler's own cancel counts
+                seen_cancelling.append(getattr(asyncio.current_task(), "cancelling", lambda: 0)())
+        else:
+            with weave() as w:
+                build(w)
+    asyncio.run(main())   # for SIGINT, its own Ctrl-C handler is the one chained to
+
+
+seen_cancelling: list[int] = []
+
+
+@pytest.mark.parametrize("style", ["sync", "async", "helper"])
+def test_sigterm_cancels_then_calls_the_users_handler_and_the_block_raises_the_cancellation(style, capfd):
     calls = []
+    records = []
 
     def users_handler(signum, frame):
-        calls.append((signum, [record.outcome for record in w.result._jobs["remote"]]))
+        calls.append((signum, [record.outcome for record in records]))
 
-    signal.signal(signal.SIGTERM, users_handler)
-    started = time.monotonic()
-    with pytest.raises(asyncio.CancelledError), weave() as w:
-        @w.do(environment="proc")
-        def remote():
-            time.sleep(60)
-
-        @w.do
-        def trigger():
-            send_when_running(w, "remote", signal.SIGTERM)
-
-    assert time.monotonic() - started < 50, "the remote task was not cancelled"
-    assert calls == [(signal.SIGTERM, ["cancelled"])], "the user's handler runs once, after the cancellation"
-    assert signal.getsignal(signal.SIGTERM) is users_handler
-    assert "remote" in w.result.cancelled
-    assert "wove: SIGTERM: cancelling 1 remote run; send again to exit at once" in capfd.readouterr().err
-
-
-@pytest.mark.parametrize("style", ["sync", "async"])
-def test_ctrl_c_still_raises_keyboard_interrupt_after_the_cancellation(style, capfd):
     def build(w):
         @w.do(environment="proc")
         def remote():
@@ -233,18 +241,37 @@ def test_ctrl_c_still_raises_keyboard_interrupt_after_the_cancellation(style, ca
 
         @w.do
         def trigger():
-            send_when_running(w, "remote", signal.SIGINT)
+            records.extend(send_when_running(w, "remote", signal.SIGTERM))
+
+    signal.signal(signal.SIGTERM, users_handler)
+    seen_cancelling.clear()
+    started = time.monotonic()
+    with pytest.raises(asyncio.CancelledError):
+        run_in(style, build)
+    assert time.monotonic() - started < 50, "the remote task was not cancelled"
+    assert calls == [(signal.SIGTERM, ["cancelled"])], "the user's handler runs once, after the cancellation"
+    assert signal.getsignal(signal.SIGTERM) is users_handler
+    assert seen_cancelling == ([0] if style == "async" else [])
+    assert "wove: SIGTERM: cancelling 1 remote run; send again to exit at once" in capfd.readouterr().err
+
+
+@pytest.mark.parametrize("style", ["sync", "async", "helper"])
+def test_ctrl_c_still_raises_keyboard_interrupt_after_the_cancellation(style, capfd):
+    records = []
+
+    def build(w):
+        @w.do(environment="proc")
+        def remote():
+            time.sleep(60)
+
+        @w.do
+        def trigger():
+            records.extend(send_when_running(w, "remote", signal.SIGINT))
 
     started = time.monotonic()
     with pytest.raises(KeyboardInterrupt):
-        if style == "sync":
-            with weave() as w:
-                build(w)
-        else:
-            async def main():
-                async with weave() as w:
-                    build(w)
-            asyncio.run(main())   # its own Ctrl-C handler is the one chained to
+        run_in(style, build)
     assert time.monotonic() - started < 50
+    assert [record.outcome for record in records] == ["cancelled"]
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     assert "wove: SIGINT: cancelling 1 remote run" in capfd.readouterr().err
