@@ -18,7 +18,7 @@ _EXPORTS = {
     "WeaveContext": "wove._weave",
     "WoveResult": "wove._result",
     "ItemError": "wove._result",
-    "RunRecord": "wove.executors.runtime",
+    "RunRecord": "wove.executors.records",
     "config": "wove._config",
     "merge": "wove._merge",
     "sync_to_async": "wove._merge",
@@ -71,7 +71,7 @@ if TYPE_CHECKING:  # static type checkers see the real names
     from .executors.adapter import BackendAdapter as BackendAdapter
     from .executors.adapter import BackendAdapterEnvironmentExecutor as BackendAdapterEnvironmentExecutor
     from .executors.base import EnvironmentExecutor as EnvironmentExecutor
-    from .executors.runtime import RunRecord as RunRecord
+    from .executors.records import RunRecord as RunRecord
     from .helpers import batch as batch
     from .helpers import denone as denone
     from .helpers import flatten as flatten

@@ -39,6 +39,7 @@ class RemoteCall:
     records: Optional[list[Any]] = field(default_factory=list)
     resources: Optional[dict[str, Any]] = None
     group: Optional[str] = None  # calls with the same group that become ready together may share a job
+    journal_key: Optional[str] = None   # in a journaled weave: recorded as submitted once its job is known
 
 
 async def call(runtime: Runtime, name: str, func: Callable[..., Any], is_async: bool, args: tuple[Any, ...],
@@ -55,6 +56,7 @@ async def call(runtime: Runtime, name: str, func: Callable[..., Any], is_async: 
         return await _attempts(runtime, name, func, is_async, args, kwargs, settings, environment,
                                map_index=map_index, resources=resources, group=group, pool=pool)
     key = await journal.key(name, func, args, kwargs, environment, resources)
+    adopt = None
     if key is not None:
         entry = journal.lookup(key)
         if entry is not None:
@@ -62,8 +64,14 @@ async def call(runtime: Runtime, name: str, func: Callable[..., Any], is_async: 
             if not journal.is_missing(value):
                 _note_reused(runtime, name, environment, map_index, entry)
                 return value
+            if entry.state == "submitted":   # its job may still be pending or running: reattach to it
+                remote = await runtime.environment(environment)
+                info = {**entry.info, "job_id": entry.job_id}
+                if remote is not None and remote.can_adopt(info):
+                    adopt = info
     value = await _attempts(runtime, name, func, is_async, args, kwargs, settings, environment,
-                            map_index=map_index, resources=resources, group=group, pool=pool)
+                            map_index=map_index, resources=resources, group=group, pool=pool,
+                            journal_key=key, adopt=adopt)
     if key is not None:
         records = [r for r in runtime.result._jobs.get(name, ()) if r.map_index == map_index]
         job_id = max(records, key=lambda r: r.attempt).job_id if records else None
@@ -73,7 +81,7 @@ async def call(runtime: Runtime, name: str, func: Callable[..., Any], is_async: 
 
 def _note_reused(runtime: Runtime, name: str, environment: str, map_index: Optional[int], entry: Any) -> None:
     """A call read back from the journal shows in ``w.result.jobs`` with state ``JOURNALED``."""
-    from .executors.runtime import RunRecord
+    from .executors.records import RunRecord
 
     runtime.journal_reused += 1
     runtime.result._jobs.setdefault(name, []).append(RunRecord(
@@ -84,7 +92,9 @@ def _note_reused(runtime: Runtime, name: str, environment: str, map_index: Optio
 async def _attempts(runtime: Runtime, name: str, func: Callable[..., Any], is_async: bool, args: tuple[Any, ...],
                     kwargs: dict[str, Any], settings: dict[str, Any], environment: str, *,
                     map_index: Optional[int] = None, resources: Optional[dict[str, Any]] = None,
-                    group: Optional[str] = None, pool: Optional[ThreadPoolExecutor] = None) -> Any:
+                    group: Optional[str] = None, pool: Optional[ThreadPoolExecutor] = None,
+                    journal_key: Optional[str] = None, adopt: Optional[dict[str, Any]] = None) -> Any:
+    """The attempts of one call; the first one reattaches to ``adopt`` (a journaled job) when given."""
     remote = await runtime.environment(environment)
     retries, timeout = settings["retries"], settings["timeout"]
     records = runtime.result._jobs.setdefault(name, []) if remote is not None else None
@@ -99,7 +109,8 @@ async def _attempts(runtime: Runtime, name: str, func: Callable[..., Any], is_as
         else:
             awaitable = remote.run(RemoteCall(
                 name, func, args, kwargs, settings, map_index=map_index, attempt=attempt,
-                records=records, resources=resources, group=group))
+                records=records, resources=resources, group=group, journal_key=journal_key),
+                adopt=adopt if attempt == 0 else None)
         try:
             if timeout is None:
                 return await awaitable

@@ -89,6 +89,7 @@ class EventGate:
         self._runs: dict[str, _RunState] = {}
         self._finished: deque[str] = deque()
         self.spool_dir = spool_dir
+        self.adopted_dirs: list[str] = []   # run directories of an earlier driver whose runs we reattached
         self.rejected: dict[int, int] = {}
 
     def count_rejection(self, status: int) -> None:
@@ -232,7 +233,7 @@ class EventGate:
         if not isinstance(ref, dict) or not isinstance(ref.get("path"), str):
             raise ValueError("bad result_ref")
         path = ref["path"]
-        if self.spool_dir is None or not _inside(path, self.spool_dir):
+        if not any(_inside(path, d) for d in ([self.spool_dir] if self.spool_dir else []) + self.adopted_dirs):
             raise ValueError(f"result_ref {path!r} is outside the spool directory")
         with open(path, "rb") as handle:
             data = handle.read()

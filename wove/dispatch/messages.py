@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
 if TYPE_CHECKING:
-    from ..executors.runtime import RunRecord
+    from ..executors.records import RunRecord
 
 
 class _Frame(Mapping[str, Any]):

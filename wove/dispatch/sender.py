@@ -18,8 +18,9 @@ if TYPE_CHECKING:
     from typing import Any, Optional
 
 DEFAULT_POST_SECONDS = 60.0
-# A receiver that refuses connections this long is gone (its driver died): the events go to the spool.
-FALLBACK_AFTER_SECONDS = 10.0
+# A receiver that refuses connections this long is gone (nothing listens on its port: the driver died);
+# the events go to the spool.
+FALLBACK_AFTER_SECONDS = 3.0
 FILE_EVENT_INLINE_BYTES = 4 * 1024 * 1024   # filesystem channel: larger results get a file of their own
 
 
@@ -109,6 +110,12 @@ class EventSender:
                 body = shrink(frame, max(256, (self.max_body - 1024) // 3) if self.max_body else 16 * 1024)
                 self.seq += 1
                 continue
+            if status in (401, 403, 404) and self.payload.get("events_dir"):
+                # Not this run's receiver (its driver died and another process now has the port): the
+                # event waits in the spool for the next driver of the journal, as when nobody listens.
+                self.spooled = f"the receiver at its callback URL answered HTTP {status} (not this run's weave)"
+                self.channel = "filesystem"
+                return self._write_event_file(event, body)
             if status in (401, 403, 404, 400):
                 self.undelivered = f"callback receiver rejected {event} with HTTP {status}"
                 return False

@@ -63,6 +63,7 @@ class BackendAdapterEnvironmentExecutor(EnvironmentExecutor):
         self.spool_root: Optional[spool.RunDir] = None
         self.run_dir: Optional[spool.RunDir] = None
         self.events_run_dir: Optional[spool.RunDir] = None
+        self.events_dir = ""
         self.callback_url = ""
         self._queue: Optional[asyncio.Queue[dict[str, Any]]] = None
         self._gate: Optional[EventGate] = None
@@ -71,6 +72,7 @@ class BackendAdapterEnvironmentExecutor(EnvironmentExecutor):
         self._builder: Optional[PayloadBuilder] = None
         self._runs: dict[str, _Tracked] = {}
         self._detached: set[str] = set()
+        self._adopted: dict[str, tuple[spool.RunDir, FileChannel, str]] = {}   # events dir -> reader
         self._config: dict[str, Any] = {}
         self._active = False
 
@@ -173,6 +175,8 @@ class BackendAdapterEnvironmentExecutor(EnvironmentExecutor):
         if self._files is not None:
             await self._files.stop()
             self._files = None
+        if self._adopted:
+            await self._stop_adopted()
         adapter = self.adapter
         try:
             if adapter is not None and not getattr(adapter, "closed", False):   # a subclass may skip __init__
@@ -214,7 +218,7 @@ class BackendAdapterEnvironmentExecutor(EnvironmentExecutor):
             run_id = frame["run_id"]
             payload = await self.build_payload(frame)
             self._gate.register(payload["run_id"], payload["signing"]["key"])
-            self._runs[run_id] = _Tracked(frame)
+            self._runs[run_id] = _Tracked(frame, payload["signing"]["key"])
             try:
                 submission = self.adapter.submit(payload, frame)
                 if inspect.isawaitable(submission):
@@ -238,6 +242,44 @@ class BackendAdapterEnvironmentExecutor(EnvironmentExecutor):
                 self._forget(frame["run_id"], keep_gate=True)
         elif kind == "shutdown":
             await self.stop()
+
+    # ---------------------------------------------------------------- durable weaves (wove.journal)
+    def journal_info(self, run_id: str) -> Optional[dict[str, Any]]:
+        """What a later driver needs to collect ``run_id``'s outcome from the spool (see ``adopt``)."""
+        tracked = self._runs.get(run_id)
+        if tracked is None or not tracked.key or not self.events_dir:
+            return None
+        return {"run_dir": self.spool_dir, "events_dir": self.events_dir, "signing_key": tracked.key}
+
+    def can_adopt(self, info: Mapping[str, Any]) -> bool:
+        return (hasattr(self.adapter, "adopt") and bool(info.get("job_id")) and bool(info.get("signing_key"))
+                and os.path.isdir(str(info.get("events_dir") or "")))
+
+    def adopt(self, run_id: str, task_name: str, info: Mapping[str, Any], record: Any) -> None:
+        """Collect the outcome of a job an earlier driver submitted: verify its events with the journaled key,
+        read them from its run's events directory, and let the adapter watch the job."""
+        assert self.adapter is not None and self._gate is not None, "executor used before start()"
+        self._gate.register(run_id, str(info["signing_key"]))
+        events_dir, run_dir = str(info["events_dir"]), str(info["run_dir"])
+        if events_dir not in self._adopted:
+            events = spool.RunDir.open_private(events_dir, "events directory")
+            channel = FileChannel(events, self._gate, self._on_verified, poll_seconds=FALLBACK_POLL_SECONDS)
+            self._adopted[events_dir] = (events, channel, run_dir)
+            self._gate.adopted_dirs.append(run_dir)
+            channel.start()
+        tracked = self._runs[run_id] = _Tracked({"type": "run_task", "run_id": run_id, "task_name": task_name,
+                                                 "record": record}, str(info["signing_key"]))
+        tracked.submission, tracked.recorded = info["job_id"], True
+        self.adapter.adopt(run_id, str(info["job_id"]), record, task_name, str(info.get("stderr") or ""))  # type: ignore[attr-defined]
+
+    async def _stop_adopted(self) -> None:
+        """Stop reading earlier drivers' run directories, and remove them: their runs are settled now."""
+        adopted, self._adopted = self._adopted, {}
+        for events, channel, run_dir in adopted.values():
+            await channel.stop()
+            events.close()
+            if not self._detached:
+                await asyncio.get_running_loop().run_in_executor(None, spool.remove_tree, run_dir)
 
     def record_submission(self, run_id: str, submission: Any) -> None:
         """``run_id`` is submitted as ``submission`` (also when its ``submit`` call is being cancelled: the
@@ -328,10 +370,11 @@ class BackendAdapterEnvironmentExecutor(EnvironmentExecutor):
 class _Tracked:
     """A run this executor submitted: its command and what ``submit`` returned (or reported)."""
 
-    __slots__ = ("message", "recorded", "submission")
+    __slots__ = ("key", "message", "recorded", "submission")
 
-    def __init__(self, message: Mapping[str, Any]):
+    def __init__(self, message: Mapping[str, Any], key: str = ""):
         self.message = message
+        self.key = key   # its signing key (a journal keeps it, so a later driver can verify the run's events)
         self.submission: Any = None
         self.recorded = False
 

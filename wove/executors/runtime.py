@@ -14,7 +14,6 @@ import logging
 import time
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Optional
 
 from .. import _config
@@ -23,65 +22,17 @@ from ..dispatch.messages import CancelTask, Delivery, Event, RunTask
 from ..errors import DeliveryOrphanedError, DeliveryTimeoutError, EnvironmentExecutionError, InvalidValueError
 from . import joblogs
 from .base import EnvironmentExecutor
+from .records import RunRecord
 
 if TYPE_CHECKING:
     from .._call import RemoteCall
     from .._scheduler import Runtime
 
+__all__ = ["RemoteEnvironment", "RunRecord", "make_executor"]
+
 log = logging.getLogger("wove.dispatch")
 
 REQUIRE_ACK_SECONDS = 30.0
-
-
-@dataclass
-class RunRecord:
-    """What wove knows about one remote run (one attempt of one task or item); see ``WoveResult.jobs``."""
-
-    task: str
-    run_id: str
-    environment: str
-    attempt: int = 0
-    map_index: Optional[int] = None
-    submission: Any = None
-    job_id: Optional[str] = None
-    array_job_id: Optional[str] = None
-    array_index: Optional[int] = None
-    state: str = "SUBMITTING"
-    reason: str = ""
-    node: str = ""
-    submitted_at: Optional[float] = None
-    started_at: Optional[float] = None
-    finished_at: Optional[float] = None
-    outcome: str = ""
-    details: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def stderr_path(self) -> str:
-        """The job's stderr file, where the executor knows it ("" otherwise); kept when the task failed."""
-        return str(self.details.get("stderr") or "")
-
-    @property
-    def stdout_path(self) -> str:
-        """The job's stdout file, where the executor knows it ("" otherwise)."""
-        out = self.details.get("stdout")
-        if out:
-            return str(out)
-        err = self.stderr_path
-        return err[:-4] + ".out" if err.endswith(".err") else ""
-
-    @property
-    def queue_wait(self) -> Optional[float]:
-        """Seconds from submission until the task started running (``None`` until it started)."""
-        if self.submitted_at is None or self.started_at is None:
-            return None
-        return max(0.0, self.started_at - self.submitted_at)
-
-    @property
-    def run_time(self) -> Optional[float]:
-        """Seconds the task ran (``None`` until it finished)."""
-        if self.started_at is None or self.finished_at is None:
-            return None
-        return max(0.0, self.finished_at - self.started_at)
 
 
 class _Run:
@@ -139,11 +90,17 @@ class RemoteEnvironment:
         self._reader = asyncio.get_running_loop().create_task(self._read_events())
 
     # ------------------------------------------------------------------ running one call
-    async def run(self, call: RemoteCall) -> Any:
+    async def run(self, call: RemoteCall, adopt: Optional[Mapping[str, Any]] = None) -> Any:
+        """Run one attempt; with ``adopt`` (a journal's record of a job an earlier driver submitted), wait
+        for that job instead of submitting a new one."""
         if self._in_flight is None:
-            return await self._run(call)
+            return await self._run(call, adopt)
         async with self._in_flight:
-            return await self._run(call)
+            return await self._run(call, adopt)
+
+    def can_adopt(self, info: Mapping[str, Any]) -> bool:
+        check = getattr(self.executor, "can_adopt", None)
+        return bool(check is not None and check(info))
 
     def _message(self, run_id: str, call: RemoteCall, record: RunRecord) -> RunTask:
         settings = call.settings
@@ -158,12 +115,12 @@ class RemoteEnvironment:
             attempt=call.attempt, map_index=call.map_index, resources=call.resources, group=call.group,
             workers=settings["workers"], record=record)
 
-    async def _run(self, call: RemoteCall) -> Any:
+    async def _run(self, call: RemoteCall, adopt: Optional[Mapping[str, Any]] = None) -> Any:
         if self._closed is not None:
             raise EnvironmentExecutionError(
                 f"environment {self.name!r} is no longer usable: {self._closed}") from self._closed
         loop = asyncio.get_running_loop()
-        run_id = uuid.uuid4().hex
+        run_id = str(adopt["run_id"]) if adopt is not None else uuid.uuid4().hex
         record = RunRecord(task=call.task_name, run_id=run_id, environment=self.name, attempt=call.attempt,
                            map_index=call.map_index, submitted_at=time.time())
         if call.records is not None:
@@ -173,9 +130,15 @@ class RemoteEnvironment:
         submitted = False
         try:
             try:
-                await self.executor.send(self._message(run_id, call, record))
+                if adopt is not None:
+                    record.details["journal"] = "reattached"
+                    self.executor.adopt(run_id, call.task_name, adopt, record)   # type: ignore[attr-defined]
+                else:
+                    await self.executor.send(self._message(run_id, call, record))
                 submitted = True
                 record.state = "SUBMITTED" if record.state == "SUBMITTING" else record.state
+                if call.journal_key is not None and adopt is None:
+                    self._journal_submitted(call, run_id, record)
                 return await self._wait(run)
             except asyncio.CancelledError:
                 # A job that went in just as the task was cancelled was recorded by its executor: cancel it too.
@@ -192,6 +155,16 @@ class RemoteEnvironment:
         finally:
             record.finished_at = record.finished_at or time.time()
             self._runs.pop(run_id, None)
+
+    def _journal_submitted(self, call: RemoteCall, run_id: str, record: RunRecord) -> None:
+        """Note the job in the journal, with what a later driver needs to collect its outcome."""
+        journal = self.runtime.journal
+        info_of = getattr(self.executor, "journal_info", None)
+        info = info_of(run_id) if info_of is not None else None
+        if journal is None or info is None or call.journal_key is None or not record.job_id:
+            return
+        journal.record(call.journal_key, call.task_name, "submitted", index=call.map_index, job_id=record.job_id,
+                       run_id=run_id, environment=self.name, stderr=record.stderr_path, **info)
 
     async def _wait(self, run: _Run) -> Any:
         settings = run.settings

