@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import os
 import sys
 import threading
 import time
@@ -134,7 +135,7 @@ class WeaveContext:
                 raise ReservedNameError(f"Initial value name '{key}' conflicts with a built-in attribute. "
                                         f"w.result.{key} is a result attribute; reserved names: "
                                         f"{', '.join(sorted(RESERVED_NAMES))}")
-        for key in ("max_workers", "max_pending", "error_mode", "background", "fork", "progress",
+        for key in ("max_workers", "max_pending", "error_mode", "background", "fork", "progress", "journal",
                     *[k for k in _config.TASK_SETTINGS if k.startswith("delivery_")]):
             if options.get(key) is not None:
                 _config.validate_setting(key, options[key])
@@ -360,7 +361,8 @@ def weave(parent: Optional[type[Weave]] = None, *, debug: bool = False, environm
           delivery_idempotency_key: Union[str, Callable[..., str], None] = None,
           delivery_cancel_mode: Optional[str] = None, delivery_heartbeat_seconds: Optional[float] = None,
           delivery_max_in_flight: Optional[int] = None, delivery_orphan_policy: Optional[str] = None,
-          progress: Optional[bool] = None, **init_data: Any) -> WeaveContext:
+          progress: Optional[bool] = None, journal: Union[str, os.PathLike[str], None] = None,
+          **init_data: Any) -> WeaveContext:
     """Start a weave: ``with weave() as w:`` or ``async with weave() as w:``.
 
     Keyword arguments not listed here become init values that tasks take by parameter name.
@@ -368,6 +370,9 @@ def weave(parent: Optional[type[Weave]] = None, *, debug: bool = False, environm
     While a weave with a task in a non-local environment runs in the main thread, SIGINT, SIGTERM and SIGHUP
     first cancel its remote runs (Slurm: scancel and a bounded drain), then do what they did before (see
     ``wove._signals``). ``background=True`` weaves install no handlers.
+
+    ``journal=PATH`` makes the weave durable: running the same block again with the same journal reads back
+    the calls that finished and reattaches to Slurm jobs still pending or running (see ``wove.journal``).
     """
     options = {
         "debug": debug, "environment": environment, "max_workers": max_workers, "background": background,
@@ -375,7 +380,7 @@ def weave(parent: Optional[type[Weave]] = None, *, debug: bool = False, environm
         "delivery_timeout": delivery_timeout, "delivery_idempotency_key": delivery_idempotency_key,
         "delivery_cancel_mode": delivery_cancel_mode, "delivery_heartbeat_seconds": delivery_heartbeat_seconds,
         "delivery_max_in_flight": delivery_max_in_flight, "delivery_orphan_policy": delivery_orphan_policy,
-        "progress": progress,
+        "progress": progress, "journal": journal,
     }
     return WeaveContext(parent, options, init_data)
 

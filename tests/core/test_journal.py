@@ -206,3 +206,30 @@ def test_records_reach_the_disk_at_close_and_within_the_flush_window(tmp_path):
     journal.close()
     assert oct((tmp_path / "j").stat().st_mode & 0o777) == "0o700"
     assert oct(entries.stat().st_mode & 0o777) == "0o600"
+
+
+def test_weave_journal_argument_and_a_second_weave_on_it_is_refused(tmp_path):
+    from wove import weave
+
+    path = str(tmp_path / "journal")
+    ran = []
+    for _ in range(2):
+        with weave(journal=path) as w:
+            @w.do
+            def step():
+                ran.append(1)
+                return 7
+        assert w.result.step == 7
+    assert len(ran) == 1 and [r.state for r in w.result.jobs["step"]] == ["JOURNALED"]
+
+    holder = Journal.open(path)     # as another live driver would hold it
+    try:
+        with pytest.raises(JournalLockedError, match="one driver per journal"):
+            with weave(journal=path) as w:
+                @w.do
+                def other():
+                    return 1
+    finally:
+        holder.close()
+    with pytest.raises(ValueError, match="journal must be the path of a directory"):
+        weave(journal=42)
