@@ -208,19 +208,22 @@ def test_records_reach_the_disk_at_close_and_within_the_flush_window(tmp_path):
     assert oct(entries.stat().st_mode & 0o777) == "0o600"
 
 
+_RAN: list[int] = []
+
+
 def test_weave_journal_argument_and_a_second_weave_on_it_is_refused(tmp_path):
     from wove import weave
 
     path = str(tmp_path / "journal")
-    ran = []
+    _RAN.clear()
     for _ in range(2):
         with weave(journal=path) as w:
             @w.do
             def step():
-                ran.append(1)
+                _RAN.append(1)   # a global: a closure's changed contents would change the call's key
                 return 7
         assert w.result.step == 7
-    assert len(ran) == 1 and [r.state for r in w.result.jobs["step"]] == ["JOURNALED"]
+    assert len(_RAN) == 1 and [r.state for r in w.result.jobs["step"]] == ["JOURNALED"]
 
     holder = Journal.open(path)     # as another live driver would hold it
     try:
