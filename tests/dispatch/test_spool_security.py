@@ -175,7 +175,7 @@ def test_a_run_directory_replaced_by_a_symlink_redirects_nothing(other_user, sha
 
     asyncio.run(scenario())
     assert outcome["reference"].startswith(protocol.SPOOL_PREFIX)
-    assert outcome["moved"] == ["events", "r1.payload"]   # landed in the real directory (beside its events dir)
+    assert outcome["moved"] == ["events", "lease", "r1.payload"]   # in the real directory (beside events, lease)
     assert outcome["target"] == []                      # never in the symlink's target
     assert outcome["job"].returncode == 3
     assert "symbolic link" in outcome["job"].stderr or "refusing" in outcome["job"].stderr
@@ -326,7 +326,7 @@ def test_custom_submit_helper_writes_through_the_run_directory_descriptor(shared
 
     asyncio.run(scenario())
     assert seen["reference"].startswith(protocol.SPOOL_PREFIX)
-    assert sorted(seen["moved"]) == ["big.payload", "events"] and seen["at path"] == []
+    assert sorted(seen["moved"]) == ["big.payload", "events", "lease"] and seen["at path"] == []
 
 
 # --------------------------------------------------------------------------------------------- tokens

@@ -93,3 +93,49 @@ def test_killed_driver_rerun_collects_every_result_without_resubmitting(tmp_path
     assert report["states"] == ["JOURNALED"] * 30 and report["seconds"] < 2.0
     assert len(_elements(prefix)) == 30
     assert not os.listdir(tmp_path / "spool" / "logs") or True   # logs are handled by keep_logs
+
+
+LEASE_SCRIPT = textwrap.dedent("""
+    import sys, wove
+    from wove import weave
+
+    spool, prefix, markers = sys.argv[1], sys.argv[2], sys.argv[3]
+    wove.config(environments={"slurm": {"executor": "slurm", "executor_config": {
+        "job_name_prefix": prefix, "spool_dir": spool, "mem": "100M", "orphan_grace": 10}}})
+
+    with weave() as w:
+        @w.do(range(6), environment="slurm", workers=2)
+        def long(i):
+            import os, time
+            open(os.path.join(markers, str(i)), "w").close()
+            time.sleep(300)
+""")
+
+
+def test_without_a_journal_a_killed_drivers_jobs_stop(tmp_path, prefix):
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    script = tmp_path / "lease.py"
+    script.write_text(LEASE_SCRIPT)
+    driver = subprocess.Popen([sys.executable, str(script), str(tmp_path / "spool"), prefix, str(markers)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert wait_until(lambda: len(os.listdir(markers)) >= 2, 60), "the first two items never started"
+    finally:
+        driver.send_signal(signal.SIGKILL)
+        driver.communicate(timeout=30)
+    killed_at = time.monotonic()
+    assert len(squeue_jobs(prefix)) == 6      # 2 running, 4 pending behind the %2 throttle
+
+    try:
+        assert wait_until(lambda: not squeue_jobs(prefix), 90, interval=1.0), squeue_jobs(prefix)
+        gone_after = time.monotonic() - killed_at
+        assert gone_after < 60                 # about a minute at most (orphan_grace 10 s here)
+        assert sorted(os.listdir(markers)) == ["0", "1"]   # the pending items never ran their task
+    finally:
+        subprocess.run(["scancel", "--name", f"{prefix}-long"], check=False)
+    out = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "JobID,JobName,ExitCode", "-S", "now-1hour"],
+                         capture_output=True, text=True, check=True).stdout
+    codes = sorted(line.split("|")[2] for line in out.splitlines() if line.split("|")[1].startswith(prefix))
+    # Stopped ones exit by SIGTERM's status, never-started ones with 5 (``dispatch.lease.EXIT_ORPHANED``).
+    assert "0:0" not in codes and codes.count("5:0") >= 3, codes

@@ -13,7 +13,8 @@ if TYPE_CHECKING:
 #: ``executor_config`` keys every adapter environment understands.
 DISPATCH_KEYS = frozenset({
     "callback_host", "callback_port", "callback_token", "callback_url", "callback_max_body",
-    "spool_dir", "spool_threshold", "result_channel", "post_timeout", "unpickle_allow",
+    "spool_dir", "spool_threshold", "result_channel", "post_timeout", "unpickle_allow", "orphan_grace",
+    "orphan_timeout",
 })
 RESULT_CHANNELS = ("http", "filesystem")
 
@@ -78,4 +79,9 @@ def validate_dispatch_config(config: dict[str, Any], *, environment: str,
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
                                   or value < minimum):
             raise InvalidValueError(f"{where}.{key} must be a number >= {minimum}, got {value!r}")
+    for key in ("orphan_grace", "orphan_timeout"):   # seconds; None: jobs never stop for a missing driver
+        value = config.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value < 10):
+            raise InvalidValueError(f"{where}.{key} must be a number of seconds >= 10 (how long a job waits for "
+                                    f"a weave that stopped renewing its lease), or None; got {value!r}")
     return config

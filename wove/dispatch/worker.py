@@ -6,7 +6,9 @@ Runs once per remote job, so start-up cost matters: it imports the standard libr
 its tiny HTTP/1.1 client (``httpclient``); ``asyncio`` is imported only for ``async def`` tasks.
 
 Exit codes: 0 the task succeeded, 1 it raised (or could not even start), 2 its outcome could not be
-delivered, 3 the payload was missing or corrupt, 128+N it was stopped by signal N (after reporting).
+delivered, 3 the payload was missing or corrupt, 4 the weave could not be reached and the outcome was left
+in the run's spool, 5 the task was not started because its weave is gone (``lease``), 128+N it was stopped
+by signal N (after reporting; a weave gone while the task ran stops it with SIGTERM).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import os
 import sys
 import threading
 
-from . import protocol, spool, unpickle
+from . import lease, protocol, spool, unpickle
 from .httpclient import Connection
 from .sender import EventSender, shrink
 
@@ -164,6 +166,14 @@ def execute(payload: dict[str, Any], *, sender: Optional[EventSender] = None,
                  "source": "config"}
         return EXIT_TASK_FAILED if sender.send("task_error", {"error": error}) else EXIT_UNDELIVERED
     detached = (payload.get("delivery") or {}).get("orphan_policy") == "detach"
+    gone = lease.driver_gone(payload)
+    if gone is not None:   # nobody will collect the outcome: do not start the work
+        print(f"wove.backend_worker: not starting task {payload.get('task_id') or payload.get('task_name')!r}: "
+              f"{gone}", file=sys.stderr)
+        if payload.get("events_dir"):
+            sender.channel = "filesystem"   # its receiver is gone with it
+        sender.send("task_cancelled", {"reason": "orphaned", "message": gone})
+        return lease.EXIT_ORPHANED
     if not sender.send("task_started", _context()) and not detached:
         return EXIT_UNDELIVERED   # nobody is listening; a detached run still does its work
     heartbeat = None
@@ -216,6 +226,12 @@ def _pickle_field(field: str, what: str) -> bytes:
         return handle.read()
 
 
+def _stop_orphaned(reason: str) -> None:
+    """(Watchdog thread) the weave is gone: stop the task the way Slurm would, by SIGTERM to this process."""
+    print(f"wove.backend_worker: stopping: {reason}", file=sys.stderr, flush=True)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
 def _raise_signal(signum: int, frame: Any) -> None:
     raise WorkerSignal(signum)
 
@@ -263,6 +279,11 @@ def run_payloads(payloads: list[dict[str, Any]], *, max_parallel: int = 1, trap_
     codes: list[int] = [EXIT_OK] * len(payloads)
     warn = any(p.get("time_warning_signal") == _WARNING for p in payloads)
     previous = _trap_signals(_raise_signal, warn) if trap_signals else {}
+    watchdog = None
+    if previous:   # the dedicated worker process: a task whose weave is gone is stopped like a SIGTERM
+        watchdog = lease.Watchdog(payloads, _stop_orphaned)
+        if watchdog.payloads:
+            watchdog.start()
     single = len(payloads) == 1 or max_parallel <= 1
     # A single in-thread task must not be interrupted while its outcome is being delivered.
     before_outcome = _ignore_signals if previous and single else None
@@ -296,6 +317,8 @@ def run_payloads(payloads: list[dict[str, Any]], *, max_parallel: int = 1, trap_
         sys.stderr.flush()
         os._exit(128 + stop.signum)   # item threads cannot be interrupted; do not wait for them
     finally:
+        if watchdog is not None:
+            watchdog.stopped.set()
         _restore(previous)
         if shared is not None:
             shared.close()

@@ -20,6 +20,7 @@ from typing import Any, Optional
 from ..dispatch import protocol, spool
 from ..dispatch.events import EventGate
 from ..dispatch.filechannel import FALLBACK_POLL_SECONDS, FileChannel
+from ..dispatch.lease import DEFAULT_GRACE, DEFAULT_JOURNAL_TIMEOUT
 from ..dispatch.payload import (
     DEFAULT_SPOOL_THRESHOLD,
     PayloadBuilder,
@@ -31,6 +32,7 @@ from ..dispatch.settings import DISPATCH_KEYS, RESULT_CHANNELS, token_from_url, 
 from ..errors import ExecutorStartError, InvalidTypeError
 from .backend import BackendAdapter
 from .base import EnvironmentExecutor
+from .lease import LeaseKeeper
 
 __all__ = ["DEFAULT_SPOOL_THRESHOLD", "DISPATCH_KEYS", "RESULT_CHANNELS", "BackendAdapter",
            "BackendAdapterEnvironmentExecutor", "cloudpickle_module", "default_spool_root", "encode_payload",
@@ -73,6 +75,7 @@ class BackendAdapterEnvironmentExecutor(EnvironmentExecutor):
         self._runs: dict[str, _Tracked] = {}
         self._detached: set[str] = set()
         self._adopted: dict[str, tuple[spool.RunDir, FileChannel, str]] = {}   # events dir -> reader
+        self._lease: Optional[LeaseKeeper] = None
         self._config: dict[str, Any] = {}
         self._active = False
 
@@ -103,6 +106,8 @@ class BackendAdapterEnvironmentExecutor(EnvironmentExecutor):
         self._active = True
         try:
             run_dir = self._make_run_dir(environment_name, config.get("spool_dir") or default_spool_root())
+            self._lease = LeaseKeeper(run_dir, journaled=bool(run_config.get("journal")))
+            await self._lease.start()
             allow = config.get("unpickle_allow")
             gate = self._gate = EventGate(self.spool_dir, allowed_modules=tuple(allow) if allow is not None else None)
             # Every run has an events directory: the filesystem channel's, or where a worker that cannot
@@ -186,6 +191,9 @@ class BackendAdapterEnvironmentExecutor(EnvironmentExecutor):
             if self._receiver is not None:
                 await self._receiver.stop()
                 self._receiver = None
+            if self._lease is not None:   # renewed until every job of ours is settled
+                await self._lease.stop()
+                self._lease = None
             self._close_run_dir()
             self._runs.clear()
             self._active = False
@@ -288,6 +296,8 @@ class BackendAdapterEnvironmentExecutor(EnvironmentExecutor):
         if tracked is None:
             return
         tracked.submission, tracked.recorded = submission, True
+        if self._lease is not None:
+            self._lease.job_submitted(submission)
         record = tracked.message.get("record")
         if record is not None:
             record.submission = submission
@@ -355,6 +365,10 @@ class BackendAdapterEnvironmentExecutor(EnvironmentExecutor):
                 "sys_path": import_path(),
             }
             static["events_dir"] = self.events_dir   # the filesystem channel, or HTTP's fallback
+            if self._lease is not None:   # jobs whose weave is gone stop (dispatch.lease)
+                static.update(lease=self._lease.path, journaled=self._lease.journaled,
+                              orphan_grace=config.get("orphan_grace", DEFAULT_GRACE),
+                              orphan_timeout=config.get("orphan_timeout", DEFAULT_JOURNAL_TIMEOUT))
             builder = self._builder = PayloadBuilder(static, self.run_dir, post_timeout=config.get("post_timeout"))
         args, kwargs = frame.get("args") or ((), {})
         return await builder.build(

@@ -85,6 +85,7 @@ class RemoteEnvironment:
 
     async def start(self) -> None:
         run_config = {key: self.runtime.resolver.task_value(key, {}, self.name) for key in _config.TASK_SETTINGS}
+        run_config["journal"] = self.runtime.journal is not None   # a durable weave: its jobs outlive a driver
         await self.executor.start(environment_name=self.name, environment_config=self.spec,
                                   run_config=run_config)
         self._reader = asyncio.get_running_loop().create_task(self._read_events())
