@@ -33,6 +33,7 @@ from ..errors import ExecutorStartError, InvalidTypeError
 from .backend import BackendAdapter
 from .base import EnvironmentExecutor
 from .lease import LeaseKeeper
+from .reattach import Reattach, hint_dead_runs
 
 __all__ = ["DEFAULT_SPOOL_THRESHOLD", "DISPATCH_KEYS", "RESULT_CHANNELS", "BackendAdapter",
            "BackendAdapterEnvironmentExecutor", "cloudpickle_module", "default_spool_root", "encode_payload",
@@ -47,7 +48,7 @@ def default_spool_root() -> str:
     return os.environ.get("WOVE_SPOOL_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "wove", "spool")
 
 
-class BackendAdapterEnvironmentExecutor(EnvironmentExecutor):
+class BackendAdapterEnvironmentExecutor(Reattach, EnvironmentExecutor):
     """An executor that runs each task through a ``BackendAdapter`` and collects signed events."""
 
     config_keys = None  # validated in validate_config from DISPATCH_KEYS + the adapter's keys
@@ -108,6 +109,7 @@ class BackendAdapterEnvironmentExecutor(EnvironmentExecutor):
             run_dir = self._make_run_dir(environment_name, config.get("spool_dir") or default_spool_root())
             self._lease = LeaseKeeper(run_dir, journaled=bool(run_config.get("journal")))
             await self._lease.start()
+            await asyncio.to_thread(hint_dead_runs, self.spool_root.path if self.spool_root else "")
             allow = config.get("unpickle_allow")
             gate = self._gate = EventGate(self.spool_dir, allowed_modules=tuple(allow) if allow is not None else None)
             # Every run has an events directory: the filesystem channel's, or where a worker that cannot
@@ -250,44 +252,6 @@ class BackendAdapterEnvironmentExecutor(EnvironmentExecutor):
                 self._forget(frame["run_id"], keep_gate=True)
         elif kind == "shutdown":
             await self.stop()
-
-    # ---------------------------------------------------------------- durable weaves (wove.journal)
-    def journal_info(self, run_id: str) -> Optional[dict[str, Any]]:
-        """What a later driver needs to collect ``run_id``'s outcome from the spool (see ``adopt``)."""
-        tracked = self._runs.get(run_id)
-        if tracked is None or not tracked.key or not self.events_dir:
-            return None
-        return {"run_dir": self.spool_dir, "events_dir": self.events_dir, "signing_key": tracked.key}
-
-    def can_adopt(self, info: Mapping[str, Any]) -> bool:
-        return (hasattr(self.adapter, "adopt") and bool(info.get("job_id")) and bool(info.get("signing_key"))
-                and os.path.isdir(str(info.get("events_dir") or "")))
-
-    def adopt(self, run_id: str, task_name: str, info: Mapping[str, Any], record: Any) -> None:
-        """Collect the outcome of a job an earlier driver submitted: verify its events with the journaled key,
-        read them from its run's events directory, and let the adapter watch the job."""
-        assert self.adapter is not None and self._gate is not None, "executor used before start()"
-        self._gate.register(run_id, str(info["signing_key"]))
-        events_dir, run_dir = str(info["events_dir"]), str(info["run_dir"])
-        if events_dir not in self._adopted:
-            events = spool.RunDir.open_private(events_dir, "events directory")
-            channel = FileChannel(events, self._gate, self._on_verified, poll_seconds=FALLBACK_POLL_SECONDS)
-            self._adopted[events_dir] = (events, channel, run_dir)
-            self._gate.adopted_dirs.append(run_dir)
-            channel.start()
-        tracked = self._runs[run_id] = _Tracked({"type": "run_task", "run_id": run_id, "task_name": task_name,
-                                                 "record": record}, str(info["signing_key"]))
-        tracked.submission, tracked.recorded = info["job_id"], True
-        self.adapter.adopt(run_id, str(info["job_id"]), record, task_name, str(info.get("stderr") or ""))  # type: ignore[attr-defined]
-
-    async def _stop_adopted(self) -> None:
-        """Stop reading earlier drivers' run directories, and remove them: their runs are settled now."""
-        adopted, self._adopted = self._adopted, {}
-        for events, channel, run_dir in adopted.values():
-            await channel.stop()
-            events.close()
-            if not self._detached:
-                await asyncio.get_running_loop().run_in_executor(None, spool.remove_tree, run_dir)
 
     def record_submission(self, run_id: str, submission: Any) -> None:
         """``run_id`` is submitted as ``submission`` (also when its ``submit`` call is being cancelled: the

@@ -19,6 +19,7 @@ from ..dispatch import spool
 from ..dispatch.lease import JOBS_NAME, LEASE_NAME, REFRESH_SECONDS
 
 log = logging.getLogger("wove.dispatch")
+BATCH_SECONDS = 0.2
 
 
 class LeaseKeeper:
@@ -30,6 +31,7 @@ class LeaseKeeper:
         self.interval = interval
         self._new_jobs: list[str] = []
         self._task: Optional[asyncio.Task[None]] = None
+        self._wake: Optional[asyncio.Event] = None
         self._lease = json.dumps({"pid": os.getpid(), "host": os.uname().nodename, "journaled": journaled,
                                   "started": time.time()}).encode()
 
@@ -42,8 +44,11 @@ class LeaseKeeper:
         self._task = asyncio.get_running_loop().create_task(self._loop())
 
     def job_submitted(self, job_id: Any) -> None:
+        """Note a job id; written within a fraction of a second (a driver may die right after submitting)."""
         if isinstance(job_id, (str, int)) and str(job_id):
             self._new_jobs.append(str(job_id))
+            if self._wake is not None:
+                self._wake.set()
 
     def _renew(self) -> None:
         jobs, self._new_jobs = self._new_jobs, []
@@ -60,8 +65,14 @@ class LeaseKeeper:
             log.warning("wove: could not renew the lease in %s: %s", self.run_dir.path, exc)
 
     async def _loop(self) -> None:
+        wake = self._wake = asyncio.Event()
         while True:
-            await asyncio.sleep(self.interval)
+            try:
+                await asyncio.wait_for(wake.wait(), self.interval)
+                await asyncio.sleep(BATCH_SECONDS)   # the rest of a burst of submissions goes in the same write
+            except asyncio.TimeoutError:
+                pass
+            wake.clear()
             await asyncio.to_thread(self._renew)
 
     async def stop(self) -> None:
