@@ -7,6 +7,7 @@ without having run them.
 """
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +16,16 @@ import pytest
 from users import other_user  # noqa: F401  (fixture: a throwaway second Unix user, see users.py)
 
 import wove._config
+
+
+def pytest_configure(config):
+    """Tests send SIGINT and SIGHUP to drivers they start, which inherit ignored signals (a suite started with
+    ``nohup`` or in the background of a non-interactive shell ignores both): give both their defaults, so
+    the children behave as a user's terminal session would. Tests of ignored signals set them themselves."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if hasattr(signal, "SIGHUP") and signal.getsignal(signal.SIGHUP) is signal.SIG_IGN:
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
 
 
 @pytest.fixture(autouse=True)

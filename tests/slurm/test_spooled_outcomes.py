@@ -7,6 +7,8 @@ import socket
 import subprocess
 import time
 
+from slurm_helpers import wait_until
+
 from wove import weave
 
 
@@ -30,9 +32,12 @@ def test_result_reaches_the_weave_through_the_spool_when_http_is_refused(executo
     records = w.result.jobs["triple"]
     assert {r.outcome for r in records} == {"result"}
     # The worker's exit status says which path the outcome took: 4, "left in the spool".
-    out = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "JobID,ExitCode", "-j", records[0].job_id],
-                         capture_output=True, text=True).stdout
-    assert "|4:0" in out, out
+    def exit_codes() -> str:   # accounting may lag a moment behind the job's end
+        return subprocess.run(["sacct", "-n", "-X", "-P", "-o", "JobID,ExitCode", "-j", records[0].job_id],
+                              capture_output=True, text=True).stdout
+    out = wait_until(lambda: "|4:0" in exit_codes() and exit_codes(), 30)
+    assert out and "|4:0" in out, exit_codes()
+    assert all(r.details.get("delivered_via") == "spool" for r in records)
     with open(records[0].stderr_path) as handle:
         log = handle.read()
     assert "could not reach" in log and "for the weave (or the next run of its journal) to collect" in log

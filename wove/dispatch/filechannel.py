@@ -135,5 +135,7 @@ class FileChannel:
             gate.commit(run_id, incarnation, seq)
         self.events.remove(name)
         if frame is not None:
+            if self.poll_seconds >= FALLBACK_POLL_SECONDS:
+                frame["via_spool"] = True   # HTTP did not work for this run (``wove doctor`` tells)
             self.on_frame(frame)
 

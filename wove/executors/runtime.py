@@ -273,6 +273,8 @@ class RemoteEnvironment:
         if run.future.done() or run.closing or (kind == "task_cancelled" and run.cancel_requested):
             return  # a late event, or the acknowledgement of our own cancel_task
         run.last_event = time.monotonic()
+        if event.extra.get("via_spool"):
+            record.details["delivered_via"] = "spool"   # the worker could not reach the weave over HTTP
         if kind == "task_started":
             run.started = True
             record.started_at = record.started_at or time.time()

@@ -167,6 +167,10 @@ def _run_probe(executor_config: dict[str, Any], timeout: float) -> tuple[Optiona
         with weave(error_mode="return") as w:
             w.do(environment=name, delivery_timeout=timeout)(wove_probe)
         value = w.result.wove_probe
+        if any(r.details.get("delivered_via") == "spool" for r in w.result.jobs.get("wove_probe", ())):
+            # It only came back because the worker left it in the spool: the callback URL is unreachable.
+            value = ConnectionError("the job could not deliver its result to the callback URL (it reached the "
+                                    "weave only through the spool fallback, seconds late)")
     except Exception as exc:  # the weave itself could not run (e.g. sbatch failed)
         value = exc
     finally:
