@@ -69,9 +69,14 @@ async def call(runtime: Runtime, name: str, func: Callable[..., Any], is_async: 
                 info = {**entry.info, "job_id": entry.job_id}
                 if remote is not None and remote.can_adopt(info):
                     adopt = info
-    value = await _attempts(runtime, name, func, is_async, args, kwargs, settings, environment,
-                            map_index=map_index, resources=resources, group=group, pool=pool,
-                            journal_key=key, adopt=adopt)
+    try:
+        value = await _attempts(runtime, name, func, is_async, args, kwargs, settings, environment,
+                                map_index=map_index, resources=resources, group=group, pool=pool,
+                                journal_key=key, adopt=adopt)
+    except Exception as exc:
+        if key is not None:   # shown by `wove journal`; a rerun runs the call again
+            journal.record(key, name, "failed", index=map_index, error=f"{type(exc).__name__}: {exc}"[:500])
+        raise
     if key is not None:
         records = [r for r in runtime.result._jobs.get(name, ()) if r.map_index == map_index]
         job_id = max(records, key=lambda r: r.attempt).job_id if records else None

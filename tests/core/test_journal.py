@@ -236,3 +236,26 @@ def test_weave_journal_argument_and_a_second_weave_on_it_is_refused(tmp_path):
         holder.close()
     with pytest.raises(ValueError, match="journal must be the path of a directory"):
         weave(journal=42)
+
+
+def test_failed_calls_are_recorded_and_run_again(tmp_path):
+    from wove import weave
+
+    path = str(tmp_path / "journal")
+    for attempt in range(2):
+        _RAN.clear()
+        with weave(journal=path, error_mode="return") as w:
+            @w.do(range(3), item_errors="return")
+            def flaky(i):
+                _RAN.append(i)
+                if i == 1 and not os.path.exists(tmp_path / "fixed"):
+                    raise ValueError("not yet")
+                return i
+        if attempt == 0:
+            assert isinstance(w.result.flaky[1], ValueError) and sorted(_RAN) == [0, 1, 2]
+            reopened = Journal.open(path)
+            assert sorted(e.state for e in reopened.entries.values()) == ["done", "done", "failed"]
+            reopened.close()
+            (tmp_path / "fixed").write_text("")
+        else:
+            assert w.result.flaky == [0, 1, 2] and _RAN == [1]   # only the failed item ran again
