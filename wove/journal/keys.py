@@ -61,18 +61,26 @@ def _has_contents(cell: Any) -> bool:
 
 
 def call_key(task: str, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], *,
-             environment: str, resources: Optional[dict[str, Any]], dumps: Callable[[Any], bytes]) -> str:
-    """The journal key of one call; raises ``UnkeyableCallError`` when its inputs cannot be pickled."""
+             environment: str, resources: Optional[dict[str, Any]], dumps: Callable[[Any], bytes],
+             identity: Optional[str] = None, digest_of: Optional[Callable[[Any], bytes]] = None) -> str:
+    """The journal key of one call; raises ``UnkeyableCallError`` when its inputs cannot be pickled.
+
+    ``identity`` (the function's, when already known) and ``digest_of`` (a value's pickle digest, e.g. cached
+    by object so an input shared by a whole map is pickled once) save work on the calls of one weave.
+    """
+    digest_of = digest_of or (lambda value: hashlib.sha256(dumps(value)).digest())
     try:
-        identity = function_identity(func, dumps)
-        arguments = dumps((args, sorted(kwargs.items())))
-        settings = dumps((environment, sorted((resources or {}).items())))
+        identity = identity or function_identity(func, dumps)
+        parts = [task.encode(), identity.encode()]
+        parts += [digest_of(value) for value in args]
+        parts += [name.encode() + b"=" + digest_of(kwargs[name]) for name in sorted(kwargs)]
+        parts.append(dumps((environment, sorted((resources or {}).items()))))
     except Exception as exc:
         raise UnkeyableCallError(
             f"task {task!r} cannot be journaled: its function or arguments cannot be pickled "
             f"({type(exc).__name__}: {exc}); pass picklable arguments, or set journal=False on the task") from exc
     digest = hashlib.sha256()
-    for part in (task.encode(), identity.encode(), arguments, settings):
+    for part in parts:
         digest.update(len(part).to_bytes(8, "little"))
         digest.update(part)
     return digest.hexdigest()

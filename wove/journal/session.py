@@ -8,11 +8,12 @@ result cannot be pickled still runs; it is just not journaled, and a warning say
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import warnings
 from typing import Any, Callable, Optional
 
-from .keys import UnkeyableCallError, call_key
+from .keys import UnkeyableCallError, call_key, function_identity
 from .store import Entry, Journal
 
 log = logging.getLogger("wove.journal")
@@ -27,6 +28,10 @@ class JournalSession:
         self.journal = journal
         self._pickle = cloudpickle
         self._warned: set[str] = set()
+        # Per object, for this weave: the function's identity and each argument's pickle digest, so an input
+        # every item of a map shares is pickled once (objects are kept alive here, so ids stay theirs).
+        self._identities: dict[int, tuple[Any, str]] = {}
+        self._digests: dict[int, tuple[Any, bytes]] = {}
         self.reused = 0      # calls read back instead of run
         self.recorded = 0    # calls whose outcome this run recorded
 
@@ -42,12 +47,34 @@ class JournalSession:
     async def key(self, task: str, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
                   environment: str, resources: Optional[dict[str, Any]]) -> Optional[str]:
         """The call's key, or None (with a warning, once per task) when it cannot be journaled."""
+        known = self._identities.get(id(func))
+        identity = known[1] if known is not None and known[0] is func else None
+
+        def compute() -> str:
+            nonlocal identity
+            if identity is None:
+                identity = function_identity(func, self._dumps)
+                self._identities[id(func)] = (func, identity)
+            return call_key(task, func, args, kwargs, environment=environment, resources=resources,
+                            dumps=self._dumps, identity=identity, digest_of=self._digest)
+
         try:
-            return await asyncio.to_thread(call_key, task, func, args, kwargs, environment=environment,
-                                           resources=resources, dumps=self._dumps)
+            return await asyncio.to_thread(compute)
         except UnkeyableCallError as exc:
             self._warn(task, str(exc))
             return None
+        except Exception as exc:   # the function itself could not be pickled for its identity
+            self._warn(task, f"task {task!r} cannot be journaled: {type(exc).__name__}: {exc}; set "
+                             "journal=False on the task, or make its function picklable")
+            return None
+
+    def _digest(self, value: Any) -> bytes:
+        known = self._digests.get(id(value))
+        if known is not None and known[0] is value:
+            return known[1]
+        digest = hashlib.sha256(self._dumps(value)).digest()
+        self._digests[id(value)] = (value, digest)
+        return digest
 
     def lookup(self, key: str) -> Optional[Entry]:
         return self.journal.lookup(key)
