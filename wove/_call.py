@@ -69,6 +69,7 @@ async def call(runtime: Runtime, name: str, func: Callable[..., Any], is_async: 
                 info = {**entry.info, "job_id": entry.job_id}
                 if remote is not None and remote.can_adopt(info):
                     adopt = info
+                    journal.last_job[key] = entry.job_id
     try:
         value = await _attempts(runtime, name, func, is_async, args, kwargs, settings, environment,
                                 map_index=map_index, resources=resources, group=group, pool=pool,
@@ -78,9 +79,7 @@ async def call(runtime: Runtime, name: str, func: Callable[..., Any], is_async: 
             journal.record(key, name, "failed", index=map_index, error=f"{type(exc).__name__}: {exc}"[:500])
         raise
     if key is not None:
-        records = [r for r in runtime.result._jobs.get(name, ()) if r.map_index == map_index]
-        job_id = max(records, key=lambda r: r.attempt).job_id if records else None
-        await journal.record_done(key, name, map_index, value, job_id=job_id)
+        await journal.record_done(key, name, map_index, value, job_id=journal.last_job.pop(key, None))
     return value
 
 

@@ -178,16 +178,19 @@ class Runtime:
                     await progress.stop()
                 await self._close_environments()
             finally:
-                if self.journal is not None:   # everything recorded reaches the disk before the block exits
-                    journal, self.journal = self.journal, None
-                    await asyncio.to_thread(journal.close)
-                if self._pool is not None:
-                    # Never wait here: everything awaited is done, and a thread still running a timed-out
-                    # sync task must not block the caller's event loop (it ends on its own).
-                    self._pool.shutdown(wait=False, cancel_futures=True)
-                if self._merge_pool is not None:
-                    self._merge_pool.shutdown(wait=False, cancel_futures=True)
-                _current_runtime.reset(token)
+                try:
+                    if self.journal is not None:   # everything recorded reaches the disk before the block exits
+                        journal, self.journal = self.journal, None
+                        # (shielded: a second Ctrl-C must not leave the journal locked by this process)
+                        await asyncio.shield(asyncio.to_thread(journal.close))
+                finally:
+                    if self._pool is not None:
+                        # Never wait here: everything awaited is done, and a thread still running a timed-out
+                        # sync task must not block the caller's event loop (it ends on its own).
+                        self._pool.shutdown(wait=False, cancel_futures=True)
+                    if self._merge_pool is not None:
+                        self._merge_pool.shutdown(wait=False, cancel_futures=True)
+                    _current_runtime.reset(token)
 
     async def _schedule(self) -> None:
         tasks = self.plan.tasks

@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
+import stat
 import subprocess
 import sys
 import time
@@ -38,42 +40,70 @@ def dead_runs(root: str, grace: float = DEFAULT_GRACE, limit: int = 10_000) -> l
     except OSError:
         return []
     now = time.time()
+    me = os.geteuid()
     for name in names:
         path = os.path.join(root, name)
-        lease = os.path.join(path, LEASE_NAME)
         try:
-            if os.path.islink(path) or not os.path.isdir(path):
-                continue
-            age = now - os.stat(lease).st_mtime
+            st = os.lstat(path)
         except OSError:
             continue
+        # Only directories that are yours alone (wove makes them 0700): never anything someone else planted.
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != me or st.st_mode & 0o077:
+            continue
+        lease = _read_private(path, LEASE_NAME)
+        if lease is None:
+            continue
+        data, mtime = lease
+        age = now - mtime
         if age < grace:
             continue
         try:
-            with open(lease, "rb") as handle:
-                journaled = bool(json.loads(handle.read() or b"{}").get("journaled"))
-        except (OSError, ValueError):
+            journaled = bool(json.loads(data or b"{}").get("journaled"))
+        except ValueError:
             journaled = False
-        try:
-            with open(os.path.join(path, JOBS_NAME)) as handle:
-                jobs = [line.strip() for line in handle if line.strip()]
-        except OSError:
-            jobs = []
+        jobs_file = _read_private(path, JOBS_NAME)
+        jobs = [line for line in (jobs_file[0].decode(errors="replace").split() if jobs_file else [])
+                if _JOB_ID.fullmatch(line)]
         runs.append(DeadRun(path, age, journaled, jobs))
     return runs
 
 
-def queued(jobs: list[str], squeue: str = "squeue") -> set[str]:
-    """Which of ``jobs`` (``123`` or ``123_4``) Slurm still holds (pending or running)."""
+_JOB_ID = re.compile(r"\d+(_\d+)?")
+
+
+def _read_private(directory: str, name: str, limit: int = 16 * 1024 * 1024) -> Optional[tuple[bytes, float]]:
+    """``(content, mtime)`` of a regular file of yours in ``directory``, opened without following a symlink or
+    blocking on a FIFO; None otherwise."""
+    try:
+        fd = os.open(os.path.join(directory, name), os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid():
+            return None
+        return os.read(fd, limit), st.st_mtime
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def queued(jobs: list[str], squeue: str = "squeue") -> Optional[set[str]]:
+    """Which of ``jobs`` (``123`` or ``123_4``) Slurm still holds (pending or running); None if squeue failed."""
     if not jobs:
         return set()
     base = sorted({job.split("_", 1)[0] for job in jobs})
     try:
-        out = subprocess.run([squeue, "-h", "--array", "-o", "%i", f"--jobs={','.join(base)}"],
-                             capture_output=True, text=True, timeout=60).stdout
+        done = subprocess.run([squeue, "-h", "--array", "-o", "%i", f"--jobs={','.join(base)}"],
+                              capture_output=True, text=True, timeout=60)
     except (OSError, subprocess.TimeoutExpired):
-        return set()
-    live = {line.strip() for line in out.splitlines() if line.strip()}
+        return None
+    if done.returncode != 0:
+        if "invalid job id" in done.stderr.lower():
+            return set()   # every one of them has left the controller
+        return None
+    live = {line.strip() for line in done.stdout.splitlines() if line.strip()}
     return {job for job in jobs if job in live or job.split("_", 1)[0] in live}
 
 
@@ -94,10 +124,16 @@ def cleanup(argv: Optional[list[str]] = None) -> int:
         print(f"wove cleanup: nothing left by dead drivers in {root}")
         return 0
     for run in runs:
-        live = sorted(queued(run.jobs))
+        found = queued(run.jobs)
+        live = sorted(found or ())
         kind = "journaled (a rerun of its weave collects these)" if run.journaled else "not journaled"
-        print(f"{run.path}: driver gone {run.age:.0f}s, {kind}; {len(run.jobs)} job(s) submitted, "
-              f"{len(live)} still queued{': ' + ' '.join(live) if live else ''}")
+        state = (f"{len(live)} still queued{': ' + ' '.join(live) if live else ''}" if found is not None
+                 else "squeue did not answer, so which are still queued is unknown")
+        print(f"{run.path}: driver gone {run.age:.0f}s, {kind}; {len(run.jobs)} job(s) submitted, {state}")
+        if args.cancel and found is None:
+            print(f"wove cleanup: not removing {run.path}: its jobs could not be checked (squeue failed); "
+                  "try again when the controller answers", file=sys.stderr)
+            continue
         if args.cancel:
             if live:
                 subprocess.run(["scancel", *live], check=False)
@@ -141,7 +177,7 @@ def journal(argv: Optional[list[str]] = None) -> int:
                         if os.path.isfile(os.path.join(folder, n)))
         except OSError:
             pass
-    live = queued(running)
+    live = queued(running) or set()
     print(f"{path}: {len(entries)} call(s): {states.get('done', 0)} done, {states.get('submitted', 0)} submitted "
           f"({len(live)} still queued in Slurm{': ' + ' '.join(sorted(live)) if live else ''}), "
           f"{states.get('failed', 0)} failed; {disk / 1e6:.1f} MB on disk"

@@ -189,9 +189,11 @@ def test_results_finished_while_no_driver_lived_are_collected(tmp_path, prefix):
         first.communicate(timeout=30)
     # The jobs finish with nobody listening: each leaves its outcome in the spool (exit 4).
     assert wait_until(lambda: not squeue_jobs(prefix), 90, interval=1.0)
-    out = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "JobName,ExitCode", "-S", "now-1hour"],
-                         capture_output=True, text=True, check=True).stdout
-    assert sorted(line.split("|")[1] for line in out.splitlines() if line.startswith(prefix)) == ["4:0"] * 4
+    def exit_codes() -> list[str]:   # accounting may lag a moment behind the jobs' end
+        out = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "JobName,ExitCode", "-S", "now-1hour"],
+                             capture_output=True, text=True, check=True).stdout
+        return sorted(line.split("|")[1] for line in out.splitlines() if line.startswith(prefix))
+    assert wait_until(lambda: exit_codes() == ["4:0"] * 4, 30), exit_codes()
 
     second = subprocess.run(argv, capture_output=True, text=True, timeout=120)
     assert second.returncode == 0, second.stderr

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 from . import spool
-from .events import BAD_REQUEST, OK, UNAVAILABLE, EventGate
+from .events import BAD_REQUEST, FORBIDDEN, OK, UNAVAILABLE, EventGate
 
 log = logging.getLogger("wove.dispatch")
 
@@ -45,11 +45,13 @@ class FileChannel:
     """Polls one events directory and hands verified frames to ``on_frame``; stopped by ``stop()``."""
 
     def __init__(self, events: spool.RunDir, gate: EventGate, on_frame: Callable[[dict[str, Any]], None],
-                 poll_seconds: float = POLL_SECONDS):
+                 poll_seconds: float = POLL_SECONDS, keep_unknown: bool = False):
         self.events = events
         self.gate = gate
         self.on_frame = on_frame
         self.poll_seconds = poll_seconds
+        # An earlier driver's directory (reattach): events of runs not adopted yet stay for when they are.
+        self.keep_unknown = keep_unknown
         self._task: Optional[asyncio.Task[None]] = None
         self._thread: Optional[concurrent.futures.ThreadPoolExecutor] = None
 
@@ -118,6 +120,8 @@ class FileChannel:
         name, run_id, incarnation, seq = item.name, item.run_id, item.incarnation, item.seq
         gate = self.gate
         status = item.status
+        if self.keep_unknown and status == FORBIDDEN:
+            return
         frame = None
         if status == OK:
             status, frame = gate.parse(run_id, item.event, incarnation, seq, None, item.decoded)

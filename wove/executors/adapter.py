@@ -182,8 +182,6 @@ class BackendAdapterEnvironmentExecutor(Reattach, EnvironmentExecutor):
         if self._files is not None:
             await self._files.stop()
             self._files = None
-        if self._adopted:
-            await self._stop_adopted()
         adapter = self.adapter
         try:
             if adapter is not None and not getattr(adapter, "closed", False):   # a subclass may skip __init__
@@ -196,6 +194,8 @@ class BackendAdapterEnvironmentExecutor(Reattach, EnvironmentExecutor):
             if self._lease is not None:   # renewed until every job of ours is settled
                 await self._lease.stop()
                 self._lease = None
+            if self._adopted:   # after the adapter's close: every reattached job is settled (or cancelled)
+                await self._stop_adopted()
             self._close_run_dir()
             self._runs.clear()
             self._active = False

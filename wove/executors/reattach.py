@@ -60,10 +60,17 @@ class Reattach:
         events_dir, run_dir = str(info["events_dir"]), str(info["run_dir"])
         if events_dir not in self._adopted:
             events = spool.RunDir.open_private(events_dir, "events directory")
-            channel = FileChannel(events, self._gate, self._on_verified, poll_seconds=FALLBACK_POLL_SECONDS)
+            channel = FileChannel(events, self._gate, self._on_verified, poll_seconds=FALLBACK_POLL_SECONDS,
+                                  keep_unknown=True)
             self._adopted[events_dir] = (events, channel, run_dir)
             self._gate.adopted_dirs.append(run_dir)
             channel.start()
+            lease = getattr(self, "_lease", None)
+            if lease is not None:   # its jobs wait for this driver now: keep them from stopping themselves
+                try:
+                    lease.adopt(spool.RunDir.open_private(run_dir, "spool directory"))
+                except OSError as exc:
+                    log.warning("wove: cannot renew the lease of %s: %s", run_dir, exc)
         from .adapter import _Tracked
 
         tracked = self._runs[run_id] = _Tracked({"type": "run_task", "run_id": run_id, "task_name": task_name,

@@ -132,9 +132,14 @@ class RemoteEnvironment:
         try:
             try:
                 if adopt is not None:
-                    record.details["journal"] = "reattached"
-                    self.executor.adopt(run_id, call.task_name, adopt, record)   # type: ignore[attr-defined]
-                else:
+                    try:
+                        self.executor.adopt(run_id, call.task_name, adopt, record)   # type: ignore[attr-defined]
+                        record.details["journal"] = "reattached"
+                    except OSError as exc:   # its run directory went away or is not private: run it afresh
+                        log.warning("wove: cannot reattach task %r to job %s (%s); submitting it again",
+                                    call.task_name, adopt.get("job_id"), exc)
+                        adopt = None
+                if adopt is None:
                     await self.executor.send(self._message(run_id, call, record))
                 submitted = True
                 record.state = "SUBMITTED" if record.state == "SUBMITTING" else record.state

@@ -27,6 +27,8 @@ def _code_digest(code: types.CodeType, digest: Any) -> None:
     for const in code.co_consts:
         if isinstance(const, types.CodeType):
             _code_digest(const, digest)
+        elif isinstance(const, frozenset):   # `x in {"a", "b"}`: its repr follows the hash seed
+            digest.update(repr(sorted(map(repr, const))).encode())
         else:
             digest.update(repr(const).encode())
 

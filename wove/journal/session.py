@@ -32,6 +32,8 @@ class JournalSession:
         # every item of a map shares is pickled once (objects are kept alive here, so ids stay theirs).
         self._identities: dict[int, tuple[Any, str]] = {}
         self._digests: dict[int, tuple[Any, bytes]] = {}
+        self._seen: dict[str, int] = {}
+        self.last_job: dict[str, Optional[str]] = {}   # key -> job of its latest remote attempt
         self.reused = 0      # calls read back instead of run
         self.recorded = 0    # calls whose outcome this run recorded
 
@@ -39,7 +41,8 @@ class JournalSession:
     def open(cls, path: str) -> JournalSession:
         from ..dispatch.payload import cloudpickle_module
 
-        return cls(Journal.open(path), cloudpickle_module("weave(journal=...)"))
+        pickler = cloudpickle_module("weave(journal=...)")   # before the journal is locked
+        return cls(Journal.open(path), pickler)
 
     def _dumps(self, value: Any) -> bytes:
         return self._pickle.dumps(value, protocol=5)
@@ -59,7 +62,7 @@ class JournalSession:
                             dumps=self._dumps, identity=identity, digest_of=self._digest)
 
         try:
-            return await asyncio.to_thread(compute)
+            key = await asyncio.to_thread(compute)
         except UnkeyableCallError as exc:
             self._warn(task, str(exc))
             return None
@@ -67,12 +70,20 @@ class JournalSession:
             self._warn(task, f"task {task!r} cannot be journaled: {type(exc).__name__}: {exc}; set "
                              "journal=False on the task, or make its function picklable")
             return None
+        # Identical calls (a map over [1, 1, 2]) are distinct calls: the n-th of them gets key#n. Which one
+        # is which does not matter, their inputs being the same.
+        seen = self._seen.get(key, 0)
+        self._seen[key] = seen + 1
+        return key if not seen else f"{key}#{seen}"
 
     def _digest(self, value: Any) -> bytes:
         known = self._digests.get(id(value))
         if known is not None and known[0] is value:
             return known[1]
-        digest = hashlib.sha256(self._dumps(value)).digest()
+        # A set pickles in hash-seed order, which differs between processes: key it by its sorted items.
+        # (Sets nested inside other values still do; such calls are then recomputed by a rerun.)
+        canonical = sorted(value, key=repr) if isinstance(value, (set, frozenset)) else value
+        digest = hashlib.sha256(self._dumps(canonical)).digest()
         self._digests[id(value)] = (value, digest)
         return digest
 
@@ -100,15 +111,21 @@ class JournalSession:
     async def record_done(self, key: str, task: str, index: Optional[int], value: Any,
                           job_id: Optional[str] = None) -> None:
         try:
-            data = await asyncio.to_thread(self._dumps, value)
+            data, digest = await asyncio.to_thread(self._pickled, value)
         except Exception as exc:
             self._warn(task, f"the result of task {task!r} cannot be pickled ({type(exc).__name__}: {exc}), "
                              "so it is not journaled and a rerun computes it again")
             return
-        self.journal.record(key, task, "done", index=index, job_id=job_id, result=data)
+        self.journal.record(key, task, "done", index=index, job_id=job_id, result=data, digest=digest)
         self.recorded += 1
 
+    def _pickled(self, value: Any) -> tuple[bytes, str]:
+        data = self._dumps(value)
+        return data, hashlib.sha256(data).hexdigest()
+
     def record(self, key: str, task: str, state: str, **fields: Any) -> None:
+        if state == "submitted":
+            self.last_job[key] = fields.get("job_id")
         self.journal.record(key, task, state, **fields)
 
     def _warn(self, task: str, message: str) -> None:

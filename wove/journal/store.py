@@ -142,7 +142,8 @@ class Journal:
 
     # ------------------------------------------------------------------ writing
     def record(self, key: str, task: str, state: str, *, index: Optional[int] = None,
-               job_id: Optional[str] = None, result: Optional[bytes] = None, **info: Any) -> Entry:
+               job_id: Optional[str] = None, result: Optional[bytes] = None, digest: Optional[str] = None,
+               **info: Any) -> Entry:
         """Note what happened to one call; written by the writer thread within ``FLUSH_SECONDS``."""
         entry = Entry(key, task, state, index=index, job_id=job_id, info=info, time=time.time())
         blob = None
@@ -150,7 +151,7 @@ class Journal:
         if info:
             record["x"] = info
         if result is not None:
-            entry.digest, entry.size = hashlib.sha256(result).hexdigest(), len(result)
+            entry.digest, entry.size = digest or hashlib.sha256(result).hexdigest(), len(result)
             record["d"], record["n"] = entry.digest, entry.size
             if len(result) <= INLINE_BYTES:
                 entry.inline = result
