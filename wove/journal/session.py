@@ -62,7 +62,11 @@ class JournalSession:
                             dumps=self._dumps, identity=identity, digest_of=self._digest)
 
         try:
-            key = await asyncio.to_thread(compute)
+            # Small inputs (the items of most maps) are keyed right here: a thread hop costs more than that.
+            if identity is not None and all(map(_small, args)) and all(map(_small, kwargs.values())):
+                key = compute()
+            else:
+                key = await asyncio.to_thread(compute)
         except UnkeyableCallError as exc:
             self._warn(task, str(exc))
             return None
@@ -111,7 +115,7 @@ class JournalSession:
     async def record_done(self, key: str, task: str, index: Optional[int], value: Any,
                           job_id: Optional[str] = None) -> None:
         try:
-            data, digest = await asyncio.to_thread(self._pickled, value)
+            data, digest = self._pickled(value) if _small(value) else await asyncio.to_thread(self._pickled, value)
         except Exception as exc:
             self._warn(task, f"the result of task {task!r} cannot be pickled ({type(exc).__name__}: {exc}), "
                              "so it is not journaled and a rerun computes it again")
@@ -140,3 +144,13 @@ class JournalSession:
 
     def close(self) -> None:
         self.journal.close()
+
+
+_SMALL_TEXT = 4096
+
+
+def _small(value: Any) -> bool:
+    """A value pickled and hashed in microseconds, cheaper on the loop than a trip to a thread."""
+    if value is None or isinstance(value, (bool, int, float, complex)):
+        return True
+    return isinstance(value, (str, bytes)) and len(value) <= _SMALL_TEXT

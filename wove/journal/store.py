@@ -69,7 +69,7 @@ def _checksum(text: str) -> str:
 
 
 def _line(record: dict[str, Any]) -> bytes:
-    text = json.dumps(record, separators=(",", ":"), sort_keys=True)
+    text = json.dumps(record, separators=(",", ":"))
     return f"{text} {_checksum(text)}\n".encode()
 
 
@@ -94,7 +94,7 @@ class Journal:
         self._lock_fd = lock_fd
         self.entries = entries
         self.skipped = skipped                 # damaged lines found while loading (their calls run again)
-        self._queue: queue.Queue[Optional[tuple[bytes, Optional[tuple[str, bytes]]]]] = queue.Queue()
+        self._queue: queue.Queue[Optional[tuple[dict[str, Any], Optional[tuple[str, bytes]]]]] = queue.Queue()
         self._writer = threading.Thread(target=self._write_loop, name="wove-journal", daemon=True)
         self._error: Optional[BaseException] = None
         self._writer.start()
@@ -155,11 +155,11 @@ class Journal:
             record["d"], record["n"] = entry.digest, entry.size
             if len(result) <= INLINE_BYTES:
                 entry.inline = result
-                record["r"] = result.hex()
+                record["r"] = result   # as hex in the file
             else:
                 blob = (entry.digest, result)
         self.entries[key] = entry
-        self._queue.put((_line(record), blob))
+        self._queue.put((record, blob))   # serialized by the writer thread, off the caller's (the loop's) time
         return entry
 
     def _write_loop(self) -> None:
@@ -168,7 +168,7 @@ class Journal:
             while True:
                 item = self._queue.get()
                 stop = item is None
-                batch: list[tuple[bytes, Optional[tuple[str, bytes]]]] = [] if item is None else [item]
+                batch: list[tuple[dict[str, Any], Optional[tuple[str, bytes]]]] = [] if item is None else [item]
                 deadline = time.monotonic() + FLUSH_SECONDS
                 while not stop:   # gather what arrives within the flush window: one fsync for all of it
                     try:
@@ -190,7 +190,7 @@ class Journal:
         finally:
             os.close(fd)
 
-    def _write(self, fd: int, batch: list[tuple[bytes, Optional[tuple[str, bytes]]]]) -> None:
+    def _write(self, fd: int, batch: list[tuple[dict[str, Any], Optional[tuple[str, bytes]]]]) -> None:
         results = os.path.join(self.path, RESULTS)
         for _, blob in batch:   # a result is durable before the line that points at it
             if blob is None:
@@ -205,7 +205,12 @@ class Journal:
                 handle.flush()
                 os.fsync(handle.fileno())
             os.replace(temp, target)
-        os.write(fd, b"".join(line for line, _ in batch))
+        lines = []
+        for record, _ in batch:
+            if isinstance(record.get("r"), bytes):
+                record = {**record, "r": record["r"].hex()}
+            lines.append(_line(record))
+        os.write(fd, b"".join(lines))
         os.fsync(fd)
 
     def close(self) -> None:
