@@ -38,6 +38,7 @@ def test_an_invalid_partition_is_shown_whole(tmp_path):
     # It was cut after 300 characters, mid-word ("...invalid partit"), losing the reason.
     assert line.endswith("invalid partition specified: nope"), line
     assert "fix: pass a valid --partition" in result.stdout
+    assert "valid partitions: debug (the default)" in result.stdout   # from sinfo, through the configured tool
 
 
 def test_a_round_trip_that_only_works_over_the_filesystem_channel_fails(tmp_path):

@@ -240,7 +240,10 @@ def run(args: argparse.Namespace) -> int:
                                 f"wove {result['wove']})"))
             checks.append(_versions_check(result))
         else:
-            checks.append(Check("probe task round trip", False, _first_line(error), _fix_for(error)))
+            fix = _fix_for(error)
+            if "invalid partition" in error.lower():
+                fix += _valid_partitions(cli)
+            checks.append(Check("probe task round trip", False, _first_line(error), fix))
             if executor_config.get("result_channel", "http") == "http" and "could not deliver" in error.lower():
                 fallback, fs_check = _filesystem_check(executor_config, args.timeout)
                 checks.append(fs_check)
@@ -263,6 +266,17 @@ def run(args: argparse.Namespace) -> int:
     else:
         print("result: tasks cannot run on this Slurm setup yet")
     return 1
+
+
+def _valid_partitions(cli: SlurmCli) -> str:
+    """``"; valid partitions: debug (the default), gpu"`` from sinfo, or "" when sinfo cannot say."""
+    try:
+        names, default = asyncio.run(cli.partitions())
+    except Exception:   # sinfo missing or failing: the fix text stands without the list
+        return ""
+    if not names:
+        return ""
+    return "; valid partitions: " + ", ".join(f"{n} (the default)" if n == default else n for n in names)
 
 
 def _filesystem_check(executor_config: dict[str, Any], timeout: float) -> tuple[Optional[dict[str, Any]], Check]:
