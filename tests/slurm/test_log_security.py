@@ -12,12 +12,12 @@ import asyncio
 import logging
 import os
 import shutil
-import socket
 import stat
 import tempfile
 import uuid
 
 import pytest
+from slurm_helpers import closed_port
 
 from wove import weave
 from wove.errors import ExecutorStartError
@@ -134,17 +134,11 @@ def test_a_log_dir_of_your_choice_is_created_private_or_checked(other_user, shar
         shutil.rmtree(theirs, ignore_errors=True)
 
 
-def _closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_undeliverable_events_do_not_show_the_token(executor):
     """A job that cannot reach its weave says so in its log (and leaves its outcome in the spool, issue 13),
     naming the callback URL with the token hidden."""
     token = "tok-" + uuid.uuid4().hex
-    executor(callback_url=f"http://127.0.0.1:{_closed_port()}/wove/events/{token}", post_timeout=1, keep_logs=True)
+    executor(callback_url=f"http://127.0.0.1:{closed_port()}/wove/events/{token}", post_timeout=1, keep_logs=True)
     with weave(error_mode="return") as w:
         @w.do(environment="slurm")
         def unreachable():

@@ -6,7 +6,7 @@ import os
 import threading
 import time
 
-from slurm_helpers import squeue_jobs, wait_until
+from slurm_helpers import peak_overlap, squeue_jobs, wait_until
 
 from wove import merge, weave
 
@@ -93,15 +93,8 @@ def test_arrays_false_still_honours_workers(executor, tmp_path):
             return x
 
     assert w.result.span == list(range(6))
-    edges = []
-    for line in spans.read_text().splitlines():
-        start, end = map(float, line.split())
-        edges += [(start, 1), (end, -1)]
-    running = peak = 0
-    for _, step in sorted(edges):   # at equal times an end sorts before a start
-        running += step
-        peak = max(peak, running)
-    assert len(edges) == 12 and peak <= 2, peak
+    count, peak = peak_overlap(spans)
+    assert count == 6 and peak <= 2, peak
 
 
 def test_task_max_queued_jobs_caps_that_task_in_squeue(executor, prefix):

@@ -3,23 +3,16 @@ HTTP leaves the signed event in the run's spool, and the weave collects it from 
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import time
 
-from slurm_helpers import wait_until
+from slurm_helpers import closed_port, wait_until
 
 from wove import weave
 
 
-def _closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]   # nobody listens there once the socket is closed
-
-
 def test_result_reaches_the_weave_through_the_spool_when_http_is_refused(executor, prefix):
-    executor(callback_url=f"http://127.0.0.1:{_closed_port()}/wove/events/notthetoken",
+    executor(callback_url=f"http://127.0.0.1:{closed_port()}/wove/events/notthetoken",
              keep_logs=True)
     started = time.monotonic()
     with weave() as w:

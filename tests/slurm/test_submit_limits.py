@@ -9,7 +9,7 @@ import sys
 import time
 
 import pytest
-from slurm_helpers import squeue_jobs, wait_until
+from slurm_helpers import peak_overlap, squeue_jobs, wait_until
 
 from wove import weave
 from wove.errors import SlurmSubmitLimitError
@@ -179,15 +179,8 @@ def test_workers_cap_running_items_while_paced(executor, max_submit_jobs, tmp_pa
             return x
 
     assert w.result.span == list(range(24))
-    edges = []
-    for line in spans.read_text().splitlines():
-        start, end = map(float, line.split())
-        edges += [(start, 1), (end, -1)]
-    running = peak = 0
-    for _, step in sorted(edges):   # at equal times an end sorts before a start
-        running += step
-        peak = max(peak, running)
-    assert len(edges) == 48 and peak <= 3, peak
+    count, peak = peak_overlap(spans)
+    assert count == 24 and peak <= 3, peak
     assert all(call["elements"] <= 3 for call in instance.adapter.submissions)
 
 

@@ -19,13 +19,13 @@ from typing import Any, Callable, Optional
 
 from ..dispatch.protocol import EXIT_SPOOLED
 from ..errors import InvalidTypeError
+from ..executors import joblogs
 from .cli import SlurmCli
 from .errors import SlurmCommandError, SlurmQueueTimeoutError
 from .states import JobInfo, JobState, job_error, record_state
 
 log = logging.getLogger("wove.slurm")
 
-STDERR_TAIL_LINES = 20
 # Pending reasons that are not queue time: wove's own array throttle (workers=N) and dependencies.
 _NOT_QUEUE_WAIT = ("JobArrayTaskLimit", "Dependency")
 LOST_AFTER_SECONDS = 30.0
@@ -287,7 +287,7 @@ class JobMonitor:
         info.requested_memory = info.requested_memory or job.requested_memory
         info.requested_time = info.requested_time or job.requested_time
         path = info.stderr_path or job.stderr_path
-        tail = _tail(path) if self.read_stderr and path else ""
+        tail = joblogs.tail(path) if self.read_stderr and path else ""
         for run_id, record in list(job.runs.items()):
             signal_name = job.held_signal.get(run_id, "")
             error = job_error(info, tail, task=job.task, log_path=path if os.path.exists(path) else "",
@@ -345,15 +345,4 @@ class JobMonitor:
         self.calls["scontrol"] += 1
         return await self.cli.scontrol_job(job_id)
 
-
-def _tail(path: str, lines: int = STDERR_TAIL_LINES) -> str:
-    try:
-        with open(path, "rb") as handle:
-            handle.seek(0, os.SEEK_END)
-            size = handle.tell()
-            handle.seek(max(0, size - 64 * 1024))
-            data = handle.read().decode(errors="replace")
-    except OSError:
-        return ""
-    return "\n".join(data.splitlines()[-lines:])
 
