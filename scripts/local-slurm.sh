@@ -575,6 +575,10 @@ start_mariadbd() {
         --innodb-buffer-pool-size=1G --innodb-lock-wait-timeout=900 \
         --innodb-flush-log-at-trx-commit=2 --max-allowed-packet=16M \
         </dev/null >>"$LOG/mariadb.log" 2>&1 9>&- &
+    # mariadbd writes its pid file only after crash recovery, which can take longer than the
+    # grace wait_for gives (seen: 6 s after an unclean stop). Record the pid now (setsid
+    # execs in place: same pid); mariadbd rewrites the same number later.
+    echo $! >"$RUN/mariadbd.pid"
     disown
     wait_for "MariaDB" mariadbd "$LOG/mariadb.log" test -S "$DB_SOCKET"
     # MariaDB makes its pid file 0660; let status work for non-root users too.

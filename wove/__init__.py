@@ -36,6 +36,7 @@ _EXPORTS = {
     "DeliveryTimeoutError": "wove.errors",
     "DeliveryOrphanedError": "wove.errors",
     "EnvironmentExecutionError": "wove.errors",
+    "SpoolFullError": "wove.errors",
 }
 
 __all__ = ["__version__", *_EXPORTS]
@@ -67,6 +68,7 @@ if TYPE_CHECKING:  # static type checkers see the real names
     from .errors import DeliveryTimeoutError as DeliveryTimeoutError
     from .errors import EnvironmentExecutionError as EnvironmentExecutionError
     from .errors import MissingDispatchFeatureError as MissingDispatchFeatureError
+    from .errors import SpoolFullError as SpoolFullError
     from .errors import WoveError as WoveError
     from .executors.adapter import BackendAdapter as BackendAdapter
     from .executors.adapter import BackendAdapterEnvironmentExecutor as BackendAdapterEnvironmentExecutor

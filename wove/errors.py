@@ -31,6 +31,7 @@ clauses keep working::
     +-- MissingDispatchFeatureError (ImportError, RuntimeError)  ``pip install "wove[dispatch]"`` is needed
     +-- DeliveryTimeoutError (TimeoutError, RuntimeError)  a remote result or heartbeat did not arrive in time
     +-- DeliveryOrphanedError (RuntimeError)    remote work left behind when the weave stopped
+    +-- SpoolFullError (OSError)                a payload or result does not fit in the spool's filesystem
     +-- EnvironmentExecutionError (RuntimeError)  a remote task failed and its exception could not be
         |                                         rebuilt, or the executor itself failed
         +-- ExecutorStartError                  an environment's executor could not start
@@ -180,6 +181,25 @@ class DeliveryTimeoutError(WoveError, TimeoutError, RuntimeError):
 
     A ``TimeoutError``, and a ``RuntimeError`` as in wove 2.0.3.
     """
+
+
+class SpoolFullError(WoveError, OSError):
+    """A payload, shared input or result does not fit in the spool directory's filesystem (or quota).
+
+    ``directory`` is where it was to be written, ``needed`` its size in bytes, ``available`` the free bytes
+    there when it was checked (``None`` if unknown). Its partial file has been deleted.
+    """
+
+    def __init__(self, message: str, directory: str = "", needed: int = 0, available: Optional[int] = None):
+        super().__init__(message)
+        self.errno = 28   # ENOSPC
+        self.directory, self.needed, self.available = directory, needed, available
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+    def __reduce__(self):
+        return (type(self), (str(self), self.directory, self.needed, self.available))
 
 
 class DeliveryOrphanedError(WoveError, RuntimeError):

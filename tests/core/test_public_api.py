@@ -15,8 +15,10 @@ DOCUMENTED = {
 }
 # Documented under "Also importable" without a module; accepted in wove.__all__ as well. WoveError (the base
 # of every error wove raises), RunRecord (the entries of WoveResult.jobs) and WeaveContext (the type of `w`)
-# are exported by issue 11; ItemError (the entries of WoveResult.errors) by issue 12.
-ALSO_IMPORTABLE = {"EnvironmentExecutionError", "WoveError", "RunRecord", "WeaveContext", "ItemError"}
+# are exported by issue 11; ItemError (the entries of WoveResult.errors) by issue 12; SpoolFullError (a payload
+# or result that does not fit in the spool) by issue 14.
+ALSO_IMPORTABLE = {"EnvironmentExecutionError", "WoveError", "RunRecord", "WeaveContext", "ItemError",
+                   "SpoolFullError"}
 
 
 def test_all_matches_documented_public_names():

@@ -174,12 +174,13 @@ class SubprocessAdapter(BackendAdapter):
                 path = encoded[len(protocol.SPOOL_PREFIX):]
                 log.spool_at_submit.append((path, os.stat(path).st_mode & 0o777,
                                             os.stat(os.path.dirname(path)).st_mode & 0o777))
-            args_field = payload.get("args_pickle") or ""
-            if args_field.startswith(protocol.SPOOL_PREFIX):
-                path = args_field[len(protocol.SPOOL_PREFIX):]
-                st = os.stat(path)
-                log.args_at_submit.append((path, st.st_mode & 0o777, os.stat(os.path.dirname(path)).st_mode & 0o777,
-                                           st.st_size))
+            fields = [payload.get("args_pickle") or "", *(field for _, field in payload.get("shared") or ())]
+            for args_field in fields:
+                if args_field.startswith(protocol.SPOOL_PREFIX):
+                    path = args_field[len(protocol.SPOOL_PREFIX):]
+                    st = os.stat(path)
+                    log.args_at_submit.append((path, st.st_mode & 0o777,
+                                               os.stat(os.path.dirname(path)).st_mode & 0o777, st.st_size))
             log.in_flight += 1
             log.max_in_flight = max(log.max_in_flight, log.in_flight)
         env = {k: v for k, v in os.environ.items() if k != protocol.PAYLOAD_ENV}

@@ -38,9 +38,9 @@ def loads_calls(monkeypatch):
     calls = []
     real = events.loads
 
-    def counting(data):
+    def counting(data, buffers=None):
         calls.append(data)
-        return real(data)
+        return real(data, buffers)
 
     monkeypatch.setattr(events, "loads", counting)
     return calls

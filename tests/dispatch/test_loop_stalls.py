@@ -99,7 +99,8 @@ def test_no_loop_stall_while_50_mb_go_out_and_come_back(spool_dir, channel, quie
     for _ in range(2):
         stall, log, ticks = longest_stall(channel)
         assert ticks > 50
-        assert log.payloads[0]["args_pickle"].startswith("spool:")   # it went raw through a file of its own
+        [[_, field]] = log.payloads[0]["shared"]
+        assert field.startswith("spool:")   # it went raw through a file of its own
         stalls.append(stall)
         if stall < BOUND:
             break

@@ -394,9 +394,9 @@ def test_large_bodies_are_hashed_while_streaming_and_decoded_off_the_loop(rec, m
     threads_seen = []
     real = events.loads
 
-    def recording(data):
+    def recording(data, buffers=None):
         threads_seen.append(threading.current_thread().name)
-        return real(data)
+        return real(data, buffers)
 
     monkeypatch.setattr(events, "loads", recording)
     run_id, key = rec.register()

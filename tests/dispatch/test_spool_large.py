@@ -85,13 +85,14 @@ def test_100mb_argument_and_result_round_trip_through_the_spool(spool_dir, spool
     elapsed = time.monotonic() - started
     assert len(w.result.remote) == 100 * MB
     assert w.result.remote == data[::-1]
-    # the 100 MB argument went raw (no base64) to a private spool file of its own, written off the event
-    # loop; the payload itself stayed small enough to ride inline in the environment
+    # the 100 MB argument went raw (no base64) to a private spool file of its own (a shared input, named by
+    # its contents), written off the event loop; the payload itself stayed small enough to ride inline
     assert not log.encoded[0].startswith(protocol.SPOOL_PREFIX) and len(log.encoded[0]) < 16384
-    field = log.payloads[0]["args_pickle"]
-    assert field.startswith(protocol.SPOOL_PREFIX)
+    assert not log.payloads[0]["args_pickle"].startswith(protocol.SPOOL_PREFIX)
+    [[slot, field]] = log.payloads[0]["shared"]
+    assert slot == "big" and field.startswith(protocol.SPOOL_PREFIX)
     path = field[len(protocol.SPOOL_PREFIX):]
-    assert path.startswith(spool_dir) and os.path.basename(path) == log.payloads[0]["run_id"] + ".args"
+    assert path.startswith(spool_dir) and path.endswith(".shared")
     assert log.args_at_submit[0][:3] == (path, 0o600, 0o700)
     assert log.args_at_submit[0][3] < 101 * MB   # raw pickle bytes, not the 4/3 of base64
     # the result came back through a spool file (above callback_max_body), which was then deleted

@@ -273,7 +273,8 @@ def test_worker_refuses_an_array_spool_owned_by_another_user(other_user, receive
 
 
 def test_worker_writes_no_result_file_into_a_spool_directory_others_can_write(shared_dir):
-    """A result too large for the body limit goes to the spool only if the directory is private."""
+    """A result too large to ride inline goes to the spool only if the directory is private: otherwise the
+    task fails with the refusal (delivered over HTTP), and nothing is written there."""
     open_dir = os.path.join(shared_dir, "open")
     os.mkdir(open_dir)
     os.chmod(open_dir, 0o777)
@@ -281,10 +282,12 @@ def test_worker_writes_no_result_file_into_a_spool_directory_others_can_write(sh
     try:
         payload = live.payload(bytes, (1024 * 1024,), max_body=64 * 1024, spool_dir=open_dir)
         done = run_worker(payload)
+        live.wait_for(payload["run_id"], "task_error")
     finally:
         live.stop()
-    assert done.returncode == 2, done.stderr
-    assert "refusing" in done.stderr and "mode 0777" in done.stderr
+    assert done.returncode == 1, done.stderr
+    [error] = [f["error"] for f in live.frames if f["type"] == "task_error"]
+    assert error["source"] == "spool" and "refusing" in error["message"] and "mode 0777" in error["message"]
     assert os.listdir(open_dir) == []
 
 

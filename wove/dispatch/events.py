@@ -11,12 +11,13 @@ import builtins
 import hashlib
 import io
 import json
+import os
 import pickle
 from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
-from . import protocol, spool
+from . import bufferfile, protocol, spool
 
 MAX_FINISHED = 10_000   # finished runs remembered, so their late events are recognized and ignored
 OK, BAD_REQUEST, UNAUTHORIZED, FORBIDDEN, NOT_FOUND, CONFLICT, TOO_LARGE = 200, 400, 401, 403, 404, 409, 413
@@ -31,9 +32,9 @@ class _RunState:
     finished: bool = False
 
 
-def loads(data: bytes) -> Any:
+def loads(data: Any, buffers: Optional[list[memoryview]] = None) -> Any:
     """Unpickle a value that passed authentication (cloudpickle output loads with plain pickle)."""
-    return pickle.loads(data)
+    return pickle.loads(data, buffers=buffers)
 
 
 #: Names of ``builtins`` a restricted unpickler may rebuild: plain data types and exception classes only
@@ -57,8 +58,8 @@ class RefusedGlobal(pickle.UnpicklingError):
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
-    def __init__(self, data: io.BytesIO, allowed: tuple[str, ...]):
-        super().__init__(data)
+    def __init__(self, data: io.BytesIO, allowed: tuple[str, ...], buffers: Optional[list[memoryview]] = None):
+        super().__init__(data, buffers=buffers)
         self._allowed = allowed
 
     def find_class(self, module: str, name: str) -> Any:
@@ -73,10 +74,10 @@ class _RestrictedUnpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
-def restricted_loads(data: bytes, allowed: tuple[str, ...]) -> Any:
+def restricted_loads(data: Any, allowed: tuple[str, ...], buffers: Optional[list[memoryview]] = None) -> Any:
     """Unpickle resolving only globals of the ``allowed`` modules (and safe builtins): defence in depth
     against a signed but malicious result, for users who opt in with ``unpickle_allow``."""
-    return _RestrictedUnpickler(io.BytesIO(data), allowed).load()
+    return _RestrictedUnpickler(io.BytesIO(data), allowed, buffers).load()
 
 
 class EventGate:
@@ -229,21 +230,37 @@ class EventGate:
         state = self._runs.get(run_id)
         return state is None or state.finished
 
-    def _read_ref(self, ref: Any) -> bytes:
+    def _read_ref(self, ref: Any) -> tuple[Any, Optional[list[memoryview]]]:
+        """A spooled result's pickle (and out-of-band buffers), checked against its signed digest.
+
+        A buffer file is mapped, not read: its arrays become views of the mapping (no copy), and the file is
+        deleted at once (the mapping outlives it).
+        """
         if not isinstance(ref, dict) or not isinstance(ref.get("path"), str):
             raise ValueError("bad result_ref")
         path = ref["path"]
         if not any(_inside(path, d) for d in ([self.spool_dir] if self.spool_dir else []) + self.adopted_dirs):
             raise ValueError(f"result_ref {path!r} is outside the spool directory")
+        if ref.get("format") == "buffers":
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+            try:
+                view = bufferfile.mapped(fd, path)
+            finally:
+                os.close(fd)
+            if hashlib.sha256(view).hexdigest() != ref.get("sha256"):
+                raise ValueError("spooled result does not match its signed digest")
+            spool.remove(path)
+            return bufferfile.parts(view, path)
         with open(path, "rb") as handle:
             data = handle.read()
         if hashlib.sha256(data).hexdigest() != ref.get("sha256"):
             raise ValueError("spooled result does not match its signed digest")
         spool.remove(path)
-        return data
+        return data, None
 
 
-def unpack(frame: dict[str, Any], read_ref: Optional[Callable[[Any], bytes]] = None,
+def unpack(frame: dict[str, Any],
+           read_ref: Optional[Callable[[Any], tuple[Any, Optional[list[memoryview]]]]] = None,
            allowed_modules: Optional[tuple[str, ...]] = None) -> dict[str, Any]:
     """Unpickle a frame's result and exception (after authentication, or from a private pipe).
 
@@ -251,21 +268,24 @@ def unpack(frame: dict[str, Any], read_ref: Optional[Callable[[Any], bytes]] = N
     restricted unpickler refuses it) turns the frame into a ``task_error`` from the transport; an exception
     that cannot be rebuilt is replaced by the normalized error dict. Malformed fields raise ``ValueError``.
     """
-    def load(data: bytes) -> Any:
-        return loads(data) if allowed_modules is None else restricted_loads(data, allowed_modules)
+    def load(data: Any, buffers: Optional[list[memoryview]] = None) -> Any:
+        if allowed_modules is None:
+            return loads(data, buffers)
+        return restricted_loads(data, allowed_modules, buffers)
 
     if "result_pickle" in frame or "result_ref" in frame:
+        buffers = None
         if "result_pickle" in frame:
             encoded = frame.pop("result_pickle")
             if not isinstance(encoded, str):
                 raise ValueError("result_pickle must be a base64 string")
-            data = base64.b64decode(encoded)
+            data: Any = base64.b64decode(encoded)
         elif read_ref is not None:
-            data = read_ref(frame.pop("result_ref"))
+            data, buffers = read_ref(frame.pop("result_ref"))
         else:
             raise ValueError("result_ref is not supported on this channel")
         try:
-            frame["result"] = load(data)
+            frame["result"] = load(data, buffers)
         except Exception as exc:
             frame["type"] = "task_error"
             refused = isinstance(exc, RefusedGlobal)
@@ -284,7 +304,5 @@ def unpack(frame: dict[str, Any], read_ref: Optional[Callable[[Any], bytes]] = N
 
 
 def _inside(path: str, directory: str) -> bool:
-    import os
-
     real, base = os.path.realpath(path), os.path.realpath(directory)
     return os.path.commonpath([real, base]) == base

@@ -2,11 +2,14 @@
 
 A payload is the JSON object ``python -m wove.backend_worker`` executes. Small ones travel inline (base64
 JSON in ``WOVE_BACKEND_PAYLOAD``); large ones as a private spool file referenced by ``spool:<path>``. A
-large function or argument pickle is written raw (no base64) to a file of its own in the run's directory,
+large function or argument pickle is written (no base64) to a file of its own in the run's directory,
 and the payload's ``callable_pickle`` / ``args_pickle`` field holds ``spool:<path>`` instead of base64, so
-the payload itself stays small. Pickling, and writing those files, happen in a thread: a 50 MB argument
-never stalls the weave's event loop (only small map items, whose function is pickled once for all of them, are built
-on the loop, where a thread hop would cost more than the work).
+the payload itself stays small. Those files are buffer files (``bufferfile``): pickle protocol 5 with the
+out-of-band buffers of arrays and bytearrays written as they are, never copied or base64-encoded. A large
+top-level argument is a shared input (``shared``): written once per run directory, however many calls pass
+it. Pickling, hashing and writing happen in a thread: a 200 MB argument never stalls the weave's event loop
+(only small map items, whose function is pickled once for all of them, are built on the loop, where a thread
+hop would cost more than the work).
 """
 
 from __future__ import annotations
@@ -20,7 +23,8 @@ from collections.abc import Mapping
 from typing import Any, Callable, Optional
 
 from ..errors import MissingDispatchFeatureError
-from . import pickling, protocol, spool
+from . import bufferfile, pickling, protocol, spool
+from .shared import SharedInputs
 
 DEFAULT_SPOOL_THRESHOLD = 64 * 1024
 #: Raw pickles above this size get a spool file of their own instead of riding in the payload.
@@ -50,15 +54,13 @@ def callable_name(run_id: str) -> str:
     return f"{run_id}.callable"
 
 
+def _small_value(value: Any) -> bool:
+    return isinstance(value, _SCALARS) or (isinstance(value, (str, bytes)) and len(value) <= _SMALL_VALUE)
+
+
 def _small(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> bool:
-    """Arguments cheap enough to pickle on the event loop (no thread hop)."""
-    for value in (*args, *kwargs.values()):
-        if isinstance(value, _SCALARS):
-            continue
-        if isinstance(value, (str, bytes)) and len(value) <= _SMALL_VALUE:
-            continue
-        return False
-    return True
+    """Arguments cheap enough to pickle on the event loop (no thread hop), and never shared inputs."""
+    return all(_small_value(value) for value in (*args, *kwargs.values()))
 
 
 class PayloadBuilder:
@@ -71,6 +73,7 @@ class PayloadBuilder:
         self._callables: dict[int, tuple[Callable[..., Any], str]] = {}
         self._pending: dict[int, tuple[Callable[..., Any], asyncio.Future[str]]] = {}
         self._thread: Optional[concurrent.futures.ThreadPoolExecutor] = None
+        self._shared: Optional[SharedInputs] = None
 
     async def build(self, *, run_id: str, task_id: Optional[str], task_name: Optional[str],
                     func: Callable[..., Any], args: tuple[Any, ...], kwargs: Mapping[str, Any],
@@ -112,7 +115,8 @@ class PayloadBuilder:
 
     def _pickle_callable(self, func: Callable[..., Any], task_name: Optional[str]) -> str:
         cloudpickle_module()
-        return self._field(pickling.pickle_function(func, task_name), f"{id(func)}.fn")
+        return self._field(pickling.pickle_function(func, task_name, dump=pickling.dumps_buffers), f"{id(func)}.fn",
+                           lambda: pickling.dumps(func))
 
     def _assemble(self, run_id: str, task_id: Optional[str], task_name: Optional[str],
                   func: Callable[..., Any], shared: Optional[str], args: tuple[Any, ...],
@@ -120,32 +124,52 @@ class PayloadBuilder:
         """The payload dict; ``shared`` is a mapped task's function pickle, made once for all its items."""
         cloudpickle_module()
         if shared is None:
-            shared = self._field(pickling.pickle_function(func, task_name, task_id), callable_name(run_id))
+            shared = self._field(pickling.pickle_function(func, task_name, task_id, dump=pickling.dumps_buffers),
+                                 callable_name(run_id), lambda: pickling.dumps(func))
+        inputs: list[Any] = []
+        if not _small(args, kwargs):   # large arguments: written once per run directory, by content
+            args, kwargs, inputs = self.shared_inputs.split(run_id, func, tuple(args), kwargs, task_name, task_id)
         delivery = dict(delivery)
         if self.post_timeout:
             delivery["post_timeout"] = self.post_timeout
-        return {
+        payload = {
             **self.static,
             "run_id": run_id,
             "task_id": task_id,
             "task_name": task_name,
             "callable_pickle": shared,
             "args_pickle": self._field(pickling.pickle_arguments(func, tuple(args), dict(kwargs), task_name,
-                                                                 task_id), args_name(run_id)),
+                                                                 task_id, dump=pickling.dumps_buffers),
+                                       args_name(run_id), lambda: pickling.dumps((tuple(args), dict(kwargs)))),
             "delivery": delivery,
             "signing": {"alg": "hmac-sha256", "key": protocol.new_key()},
         }
+        if inputs:
+            payload["shared"] = inputs
+        return payload
 
-    def _field(self, data: bytes, name: str) -> str:
-        """Base64 of ``data``, or, when large, ``spool:<path>`` of a raw private file holding it."""
-        if len(data) <= SEPARATE_PICKLE_BYTES:
-            return protocol.b64encode(data)
-        return protocol.SPOOL_PREFIX + self.run_dir.write_atomic(name, data)
+    def _field(self, pickled: tuple[bytes, list[memoryview]], name: str, in_band: Callable[[], bytes]) -> str:
+        """Base64 of a small pickle, or ``spool:<path>`` of a private buffer file holding a large one (its
+        out-of-band buffers written as they are, never copied into the pickle). ``in_band`` pickles the same
+        object with its buffers inside, for a small one that has some."""
+        main, buffers = pickled
+        if bufferfile.size(main, buffers) <= SEPARATE_PICKLE_BYTES:
+            return protocol.b64encode(in_band() if buffers else main)
+        return protocol.SPOOL_PREFIX + self.run_dir.write_atomic(name, bufferfile.chunks(main, buffers))
 
     def forget(self, run_id: str) -> None:
-        """A run ended: delete its separate pickle files (a shared map function's file stays until close)."""
+        """A run ended: delete its separate pickle files (a shared map function's file stays until close)
+        and the shared inputs no other call still uses."""
         for name in (args_name(run_id), callable_name(run_id)):
             self.run_dir.remove(name)
+        if self._shared is not None:
+            self._shared.release(run_id)
+
+    @property
+    def shared_inputs(self) -> SharedInputs:
+        if self._shared is None:
+            self._shared = SharedInputs(self.run_dir, _small_value)
+        return self._shared
 
     def close(self) -> None:
         thread, self._thread = self._thread, None
@@ -153,6 +177,8 @@ class PayloadBuilder:
             thread.shutdown(wait=True)
         self._callables.clear()
         self._pending.clear()
+        if self._shared is not None:
+            self._shared.close()
 
 
 def encode_payload(payload: dict[str, Any], spool_dir: str | spool.RunDir,

@@ -70,11 +70,21 @@ def dumps(obj: Any) -> bytes:
         return file.getvalue()
 
 
+def dumps_buffers(obj: Any) -> tuple[bytes, list[memoryview]]:
+    """``dumps`` with protocol 5's out-of-band buffers: arrays and bytearrays are left out of the pickle
+    (as views of their memory), to be written beside it in a buffer file (``dispatch.bufferfile``)."""
+    buffers: list[Any] = []
+    with io.BytesIO() as file:
+        _keeping_filenames()(file, protocol=5, buffer_callback=buffers.append).dump(obj)
+        return file.getvalue(), [buffer.raw() for buffer in buffers]
+
+
 # ---------------------------------------------------------------------------------------------- driver
-def pickle_function(func: Callable[..., Any], task: Optional[str], task_id: Optional[str] = None) -> bytes:
-    """The function's pickle, or a ``TaskPicklingError`` naming what in it (closure, global) failed."""
+def pickle_function(func: Callable[..., Any], task: Optional[str], task_id: Optional[str] = None,
+                    dump: Callable[[Any], Any] = dumps) -> Any:
+    """The function's pickle (``dump(func)``), or a ``TaskPicklingError`` naming what in it failed."""
     try:
-        return dumps(func)
+        return dump(func)
     except Exception as exc:
         where, culprit = find_unpicklable(func, "the function", dumps)
         error: Exception = exc
@@ -87,10 +97,11 @@ def pickle_function(func: Callable[..., Any], task: Optional[str], task_id: Opti
 
 
 def pickle_arguments(func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
-                     task: Optional[str], task_id: Optional[str] = None) -> bytes:
-    """The pickle of ``(args, kwargs)``, or a ``TaskPicklingError`` naming the argument that failed."""
+                     task: Optional[str], task_id: Optional[str] = None, dump: Callable[[Any], Any] = dumps) -> Any:
+    """The pickle of ``(args, kwargs)`` (``dump`` of it), or a ``TaskPicklingError`` naming the argument that
+    failed."""
     try:
-        return dumps((args, kwargs))
+        return dump((args, kwargs))
     except Exception as exc:
         error: Exception = exc
     for name, value in named_arguments(func, args, kwargs):

@@ -10,7 +10,8 @@ and write is in ``spool``.
 from __future__ import annotations
 
 import os
-from typing import Optional
+from collections.abc import Sequence
+from typing import Any, Optional
 
 from .spool import (
     _DIR_FLAGS,
@@ -143,9 +144,13 @@ class RunDir:
     def file_path(self, name: str) -> str:
         return os.path.join(self.path, name)
 
-    def write_atomic(self, name: str, data: bytes) -> str:
-        """Write ``name`` (mode 0600) through a temporary file and ``os.replace``; returns its path."""
-        _write_at(self.fd, name, data)
+    def write_atomic(self, name: str, data: bytes | Sequence[Any]) -> str:
+        """Write ``name`` (mode 0600) through a temporary file and ``os.replace``; returns its path.
+
+        ``data`` may be a sequence of buffers (written in turn, never joined); a file that does not fit
+        raises ``SpoolFullError`` and leaves nothing behind.
+        """
+        _write_at(self.fd, name, data, self.path)
         return os.path.join(self.path, name)
 
     def read(self, name: str) -> bytes:

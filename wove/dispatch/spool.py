@@ -27,7 +27,7 @@ import struct
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # keep remote jobs from importing typing at start-up
     from collections.abc import Sequence
-    from typing import Optional
+    from typing import Any, Optional
 
     from .rundir import RunDir as RunDir
     from .rundir import check_dir as check_dir
@@ -127,14 +127,20 @@ def _is_symlink(name: str, dir_fd: int) -> bool:
         return False
 
 
-def write_private(directory: str, name: str, data: bytes, what: str = "spool directory") -> str:
+def write_private(directory: str, name: str, data: bytes | Sequence[Any], what: str = "spool directory") -> str:
     """Job side: write ``directory/name`` atomically, once ``directory`` is checked to be this user's alone."""
+    return write_private_digest(directory, name, data, what)[0]
+
+
+def write_private_digest(directory: str, name: str, data: bytes | Sequence[Any], what: str = "spool directory",
+                         digest: bool = False) -> tuple[str, Optional[str]]:
+    """``write_private``, also returning the SHA-256 of what was written when ``digest`` is set."""
     dir_fd = _open_private_dir(directory, what)
     try:
-        _write_at(dir_fd, name, data)
+        hexdigest = _write_at(dir_fd, name, data, directory, digest)
     finally:
         os.close(dir_fd)
-    return os.path.join(directory, name)
+    return os.path.join(directory, name), hexdigest
 
 
 def remove_private(path: str) -> None:
@@ -164,26 +170,72 @@ def _open_private_dir(path: str, what: str) -> int:
     return fd
 
 
-def _write_at(dir_fd: int, name: str, data: bytes) -> None:
+def _write_at(dir_fd: int, name: str, data: bytes | Sequence[Any], where: str = "the spool directory",
+              digest: bool = False) -> Optional[str]:
     """Write ``name`` (mode 0600) in the directory open as ``dir_fd``, through a temporary file and
-    ``os.replace``."""
+    ``os.replace``. ``data`` is bytes or a sequence of buffers written one after another (no joined copy).
+
+    A file that does not fit raises ``wove.errors.SpoolFullError`` naming ``where`` and the bytes needed, and
+    leaves nothing behind. With ``digest``, returns the SHA-256 (hex) of what was written.
+    """
+    chunks: list[Any] = [data] if isinstance(data, (bytes, bytearray, memoryview)) else list(data)
+    views = [memoryview(chunk).cast("B") for chunk in chunks]
+    total = sum(view.nbytes for view in views)
+    hasher = None
+    if digest:
+        import hashlib  # OpenSSL's SHA-256: several times faster than the built-in one, for large files
+
+        hasher = hashlib.sha256()
+    if total > _ROOM_CHECK_BYTES:
+        available = _available(dir_fd)
+        if available is not None and total > available:
+            raise _full(where, name, total, available)
     tmp = f".{name}.{os.getpid()}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | _NOFOLLOW, 0o600, dir_fd=dir_fd)
     try:
         try:
-            view = memoryview(data)
-            while view:
-                written = os.write(fd, view)
-                view = view[written:]
+            for view in views:
+                if hasher is not None:
+                    hasher.update(view)
+                while view:
+                    written = os.write(fd, view)
+                    view = view[written:]
         finally:
             os.close(fd)
         os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-    except BaseException:
+    except BaseException as exc:
         try:
             os.unlink(tmp, dir_fd=dir_fd)
         except OSError:
             pass
+        if isinstance(exc, OSError) and exc.errno in _NO_ROOM:
+            raise _full(where, name, total, _available(dir_fd)) from exc
         raise
+    return hasher.hexdigest() if hasher is not None else None
+
+
+_ROOM_CHECK_BYTES = 1024 * 1024   # files this large are checked against the free space before writing
+_NO_ROOM = (28, 122)              # ENOSPC, EDQUOT
+
+
+def _available(dir_fd: int) -> Optional[int]:
+    try:
+        st = os.fstatvfs(dir_fd)
+    except OSError:
+        return None
+    return st.f_bavail * st.f_frsize
+
+
+def _full(where: str, name: str, needed: int, available: Optional[int]) -> OSError:
+    """The error for a file that does not fit (``wove.errors`` is imported only now: jobs stay lean)."""
+    from ..errors import SpoolFullError
+
+    free = f"{available:,} bytes are free there" if available is not None else "its free space is unknown"
+    return SpoolFullError(
+        f"no room for {name} in {where}: it needs {needed:,} bytes and {free} (disk full or quota reached); "
+        "its partial file was deleted. Free space there, or set executor_config['spool_dir'] (or "
+        "$WOVE_SPOOL_DIR) to a directory on a larger filesystem that the jobs can read",
+        directory=where, needed=needed, available=available)
 
 
 # ---------------------------------------------------------------------------------------------- paths

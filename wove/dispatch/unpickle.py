@@ -96,8 +96,19 @@ class _Unpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
-def loads(data: bytes, cloudpickle_version: str = "") -> Any:
-    """``pickle.loads``, with cloudpickle's function reconstructors supplied for cloudpickle 3.0/3.1 pickles."""
-    if not cloudpickle_version.startswith(_TESTED) or b"cloudpickle" not in data:
-        return pickle.loads(data)
-    return _Unpickler(io.BytesIO(data)).load()
+def loads(data: Any, cloudpickle_version: str = "", buffers: Any = None) -> Any:
+    """``pickle.loads``, with cloudpickle's function reconstructors supplied for cloudpickle 3.0/3.1 pickles.
+
+    ``buffers`` are the pickle's out-of-band buffers (protocol 5), from a buffer file.
+    """
+    if not cloudpickle_version.startswith(_TESTED) or not _mentions_cloudpickle(data):
+        return pickle.loads(data, buffers=buffers)
+    return _Unpickler(io.BytesIO(data), buffers=buffers).load()
+
+
+def _mentions_cloudpickle(data: Any) -> bool:
+    """``b"cloudpickle" in data``, also for a (large) memoryview of a mapped file, scanned a MB at a time."""
+    if isinstance(data, bytes):
+        return b"cloudpickle" in data
+    view, step = memoryview(data), 1 << 20
+    return any(b"cloudpickle" in bytes(view[start:start + step + 16]) for start in range(0, view.nbytes, step))

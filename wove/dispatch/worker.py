@@ -185,8 +185,10 @@ def execute(payload: dict[str, Any], *, sender: Optional[EventSender] = None,
     try:
         try:
             version = str(payload.get("cloudpickle") or "")
-            func = unpickle.loads(_pickle_field(payload["callable_pickle"], "function"), version)
-            args, kwargs = unpickle.loads(_pickle_field(payload["args_pickle"], "arguments"), version)
+            func = _load_field(payload["callable_pickle"], "function", version)
+            args, kwargs = _load_field(payload["args_pickle"], "arguments", version)
+            if payload.get("shared"):
+                args, kwargs = _with_shared(args, kwargs, payload["shared"], version)
         except Exception as exc:
             fields = _error_fields(exc, source="config", message=(
                 f"could not load task {payload.get('task_name')!r} in the job: {type(exc).__name__}: {exc}. "
@@ -206,7 +208,9 @@ def execute(payload: dict[str, Any], *, sender: Optional[EventSender] = None,
             outcome, fields, code = "task_error", _error_fields(exc), EXIT_TASK_FAILED
         else:
             try:
-                outcome, fields, code = "task_result", {"result_pickle": _b64(_dumps(value))}, EXIT_OK
+                outcome, fields, code = "task_result", _result_fields(value, sender), EXIT_OK
+            except OSError as exc:   # no room in the spool (SpoolFullError), or a spool that is not ours
+                outcome, fields, code = "task_error", _error_fields(exc, source="spool"), EXIT_TASK_FAILED
             except Exception as exc:
                 outcome, fields, code = "task_error", unpicklable_result(payload, value, exc), EXIT_TASK_FAILED
     finally:
@@ -217,13 +221,71 @@ def execute(payload: dict[str, Any], *, sender: Optional[EventSender] = None,
     return code if sender.send(outcome, fields) else EXIT_UNDELIVERED
 
 
-def _pickle_field(field: str, what: str) -> bytes:
-    """A payload's pickle: base64 inline, or ``spool:<path>`` of a raw file (checked to be this user's alone)."""
+def _result_fields(value: Any, sender: EventSender) -> dict[str, Any]:
+    """A result's event fields: its pickle inline when small, else a buffer file in the run's spool.
+
+    Pickled once with protocol 5: arrays and other buffers are not copied into the pickle, and a large
+    result goes to the spool file as it is (no base64, no JSON), referenced by its signed digest.
+    """
+    main, buffers = _dumps_buffers(value)
+    if buffers or len(main) > _INLINE_RESULT:
+        from . import bufferfile
+
+        if bufferfile.size(main, buffers) > bufferfile.INLINE_BYTES and sender.payload.get("spool_dir"):
+            return {"result_ref": sender.spool_buffers(bufferfile.chunks(main, buffers))}
+        if buffers:   # small after all (or nowhere to spool it): in-band, like any small result
+            main = _dumps(value)
+    return {"result_pickle": _b64(main)}
+
+
+_INLINE_RESULT = 64 * 1024
+
+
+def _dumps_buffers(value: Any) -> tuple[bytes, list[Any]]:
+    """``value`` pickled with its large buffers (arrays, bytearrays) kept out of band."""
+    buffers: list[Any] = []
+    try:
+        main = pickle.dumps(value, protocol=_PICKLE_PROTOCOL, buffer_callback=buffers.append)
+    except Exception:
+        import cloudpickle  # lambdas, local classes, objects defined in __main__
+        buffers.clear()
+        main = cloudpickle.dumps(value, protocol=_PICKLE_PROTOCOL, buffer_callback=buffers.append)
+    return main, [buffer.raw() for buffer in buffers]
+
+
+def _load_field(field: str, what: str, version: str) -> Any:
+    """Unpickle a payload's pickle: base64 inline, or ``spool:<path>`` of a raw pickle or a buffer file
+    (checked to be this user's alone; a buffer file is mapped, not read, so arrays are not copied)."""
     if not field.startswith(protocol.SPOOL_PREFIX):
-        return protocol.b64decode(field)
+        return unpickle.loads(protocol.b64decode(field), version)
     path = field[len(protocol.SPOOL_PREFIX):]
     with open(spool.open_private(path, f"spooled {what}"), "rb") as handle:
-        return handle.read()
+        head = handle.read(8)
+        if head != b"WOVEBUF1":
+            return unpickle.loads(head + handle.read(), version)
+        from . import bufferfile
+
+        return bufferfile.load(handle.fileno(), path, lambda main, buffers: unpickle.loads(main, version, buffers))
+
+
+_SHARED: dict[str, Any] = {}   # inputs shared by the payloads of this job, loaded once per process
+
+
+def _with_shared(args: Any, kwargs: Any, shared: Any, version: str) -> tuple[Any, Any]:
+    """Put the shared inputs (each its own spool file, loaded once per job) into their argument slots."""
+    args, kwargs = list(args), dict(kwargs)
+    for slot, field in shared:
+        if not field.startswith(protocol.SPOOL_PREFIX):   # a small argument, inline: not shared
+            value = _load_field(field, "argument", version)
+        elif field in _SHARED:
+            value = _SHARED[field]
+        else:
+            value = _SHARED[field] = _load_field(field, "shared input", version)
+        if isinstance(slot, int):
+            args[slot] = value
+        else:
+            kwargs[slot] = value
+    return tuple(args), kwargs
 
 
 def _stop_orphaned(reason: str) -> None:
