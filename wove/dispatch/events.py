@@ -241,6 +241,8 @@ class EventGate:
         path = ref["path"]
         if not any(_inside(path, d) for d in ([self.spool_dir] if self.spool_dir else []) + self.adopted_dirs):
             raise ValueError(f"result_ref {path!r} is outside the spool directory")
+        if ref.get("format") in ("bytes", "bytearray"):
+            return _Raw(_read_raw(path, ref)), None
         if ref.get("format") == "buffers":
             fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
             try:
@@ -257,6 +259,39 @@ class EventGate:
             raise ValueError("spooled result does not match its signed digest")
         spool.remove(path)
         return data, None
+
+
+class _Raw:
+    """A result that is not a pickle: the ``bytes`` or ``bytearray`` read from its spool file."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: bytes | bytearray):
+        self.value = value
+
+
+def _read_raw(path: str, ref: dict[str, Any]) -> bytes | bytearray:
+    """Read a ``bytes``/``bytearray`` result in one go (the read and the hash run without the GIL)."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    with open(fd, "rb", buffering=0) as handle:
+        size = os.fstat(fd).st_size
+        if size != ref.get("size"):
+            raise ValueError(f"spooled result {path} has {size} bytes, its event says {ref.get('size')}")
+        data: bytes | bytearray
+        if ref["format"] == "bytearray":
+            data = bytearray(size)
+            view = memoryview(data)
+            while view:
+                count = handle.readinto(view)
+                if not count:
+                    raise ValueError(f"spooled result {path} is shorter than its event says")
+                view = view[count:]
+        else:
+            data = handle.read()
+    if hashlib.sha256(data).hexdigest() != ref.get("sha256"):
+        raise ValueError("spooled result does not match its signed digest")
+    spool.remove(path)
+    return data
 
 
 def unpack(frame: dict[str, Any],
@@ -285,7 +320,7 @@ def unpack(frame: dict[str, Any],
         else:
             raise ValueError("result_ref is not supported on this channel")
         try:
-            frame["result"] = load(data, buffers)
+            frame["result"] = data.value if isinstance(data, _Raw) else load(data, buffers)
         except Exception as exc:
             frame["type"] = "task_error"
             refused = isinstance(exc, RefusedGlobal)

@@ -74,6 +74,7 @@ class PayloadBuilder:
         self._pending: dict[int, tuple[Callable[..., Any], asyncio.Future[str]]] = {}
         self._thread: Optional[concurrent.futures.ThreadPoolExecutor] = None
         self._shared: Optional[SharedInputs] = None
+        self._inputs_pending: dict[tuple[int, ...], asyncio.Future[dict[str, Any]]] = {}
 
     async def build(self, *, run_id: str, task_id: Optional[str], task_name: Optional[str],
                     func: Callable[..., Any], args: tuple[Any, ...], kwargs: Mapping[str, Any],
@@ -92,6 +93,25 @@ class PayloadBuilder:
             shared = await self._shared_callable(func, task_name)
             if _small(args, kwargs):
                 return self._assemble(run_id, task_id, task_name, func, shared, args, kwargs, delivery)
+            unknown = self.shared_inputs.unknown(args, kwargs)
+            if not unknown:   # its large arguments are written already (an init value every item takes)
+                return self._assemble(run_id, task_id, task_name, func, shared, args, kwargs, delivery)
+            pending = self._inputs_pending.get(tuple(map(id, unknown)))
+            if pending is not None:   # another item is writing the same inputs: wait, then reuse them
+                await asyncio.shield(pending)
+                if not self.shared_inputs.unknown(args, kwargs):
+                    return self._assemble(run_id, task_id, task_name, func, shared, args, kwargs, delivery)
+            else:
+                key = tuple(map(id, unknown))
+                future = self._inputs_pending[key] = loop.run_in_executor(
+                    self._thread, self._assemble, run_id, task_id, task_name, func, shared, args, kwargs, delivery)
+                try:
+                    return await asyncio.shield(future)
+                finally:
+                    # on the loop, once written: every item that waited resumes in the same turn of the
+                    # loop, so the items of a map that share an input still go out together (one job array)
+                    if self._inputs_pending.get(key) is future:
+                        del self._inputs_pending[key]
         return await loop.run_in_executor(self._thread, self._assemble, run_id, task_id, task_name,
                                           func, shared, args, kwargs, delivery)
 

@@ -18,6 +18,7 @@ import functools
 import io
 import itertools
 import os
+import pickle
 import re
 import sys
 import types
@@ -58,9 +59,37 @@ def _keeping_filenames() -> type:
         return reduced[0], tuple(code.co_filename if arg == _DYNAMIC else arg for arg in reduced[1])
 
     table = getattr(base, "dispatch_table", copyreg.dispatch_table)
+    reduce_memoryview = table.get(memoryview)
+
+
+    def memoryview_reduce(view: memoryview) -> Any:
+        if view.nbytes > OUT_OF_BAND_BYTES and view.contiguous:
+            return memoryview, (pickle.PickleBuffer(view),)
+        return reduce_memoryview(view) if reduce_memoryview is not None else (memoryview, (view.tobytes(),))
+
     _pickler_class = type("FilenamePickler", (base,), {
-        "dispatch_table": ChainMap({types.CodeType: code_reduce}, table)})
+        "dispatch_table": ChainMap({types.CodeType: code_reduce, memoryview: memoryview_reduce}, table)})
     return _pickler_class
+
+
+#: A bytes, bytearray or memoryview larger than this travels out of band (pickle protocol 5) in a buffer file.
+OUT_OF_BAND_BYTES = 64 * 1024
+
+
+class OutOfBandBytes:
+    """Pickles as the ``bytes`` or ``bytearray`` it wraps, with its contents out of band: a large one is
+    written to its buffer file as it is, not copied into a pickle first (the job makes the one copy a
+    ``bytes`` needs). Only for a whole argument: pickle saves ``bytes`` and ``bytearray`` found inside other
+    objects in-band, before any hook could send them elsewhere.
+    """
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes | bytearray):
+        self.data = data
+
+    def __reduce__(self) -> Any:
+        return type(self.data), (pickle.PickleBuffer(self.data),)
 
 
 def dumps(obj: Any) -> bytes:
@@ -74,6 +103,8 @@ def dumps_buffers(obj: Any) -> tuple[bytes, list[memoryview]]:
     """``dumps`` with protocol 5's out-of-band buffers: arrays and bytearrays are left out of the pickle
     (as views of their memory), to be written beside it in a buffer file (``dispatch.bufferfile``)."""
     buffers: list[Any] = []
+    if type(obj) in (bytes, bytearray) and len(obj) > OUT_OF_BAND_BYTES:
+        obj = OutOfBandBytes(obj)
     with io.BytesIO() as file:
         _keeping_filenames()(file, protocol=5, buffer_callback=buffers.append).dump(obj)
         return file.getvalue(), [buffer.raw() for buffer in buffers]

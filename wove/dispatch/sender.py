@@ -134,8 +134,9 @@ class EventSender:
         """Shorten the delivery window (after SIGTERM, Slurm's SIGKILL follows within KillWait)."""
         self.post_seconds = min(self.post_seconds, seconds)
 
-    def spool_buffers(self, chunks: list[Any]) -> dict[str, Any]:
-        """Write a large result (a buffer file's chunks) to the run's spool; the reference its event carries.
+    def spool_buffers(self, chunks: list[Any], kind: str = "buffers") -> dict[str, Any]:
+        """Write a large result to the run's spool; the reference its event carries. ``kind`` says what the
+        chunks are: a buffer file's (``"buffers"``), or the contents of a ``bytes`` or ``bytearray`` result.
 
         Raises ``OSError``: ``SpoolFullError`` when it does not fit (nothing is left behind), or
         ``UnsafeSpoolError`` for a spool directory that is not this user's alone.
@@ -144,7 +145,7 @@ class EventSender:
         path, digest = spool.write_private_digest(spool_dir, spool.result_name(self.run_id, self.incarnation),
                                                   chunks, digest=True)
         size = sum(memoryview(chunk).nbytes for chunk in chunks)
-        return {"path": path, "sha256": digest, "size": size, "format": "buffers"}
+        return {"path": path, "sha256": digest, "size": size, "format": kind}
 
     def _spool_result(self, frame: dict[str, Any]) -> Optional[bytes]:
         """Move the result pickle into a spool file; ``None`` (and ``undelivered`` set) if that is refused."""

@@ -76,6 +76,12 @@ class SharedInputs:
                 new_kwargs[slot] = None
         return tuple(new_args), new_kwargs, shared
 
+    def unknown(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> list[Any]:
+        """The arguments that are neither small nor an input already written (``split`` would pickle them)."""
+        with self._lock:
+            return [value for value in (*args, *kwargs.values()) if not self._is_small(value)
+                    and (id(value) not in self._by_id or self._by_id[id(value)].value is not value)]
+
     def _reuse(self, value: Any, run_id: str) -> Optional[_Input]:
         with self._lock:
             entry = self._by_id.get(id(value))

@@ -227,6 +227,9 @@ def _result_fields(value: Any, sender: EventSender) -> dict[str, Any]:
     Pickled once with protocol 5: arrays and other buffers are not copied into the pickle, and a large
     result goes to the spool file as it is (no base64, no JSON), referenced by its signed digest.
     """
+    if type(value) in (bytes, bytearray) and len(value) > _INLINE_RESULT and sender.payload.get("spool_dir"):
+        # as they are: the weave reads them back with one read (no pickle, no copy holding its GIL)
+        return {"result_ref": sender.spool_buffers([value], type(value).__name__)}
     main, buffers = _dumps_buffers(value)
     if buffers or len(main) > _INLINE_RESULT:
         from . import bufferfile
