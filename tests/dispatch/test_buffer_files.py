@@ -32,7 +32,7 @@ def test_arrays_travel_out_of_band_and_come_back_writable(run_dir):
     path = run_dir.write_atomic("value.shared", bufferfile.chunks(main, buffers))
     loaded = worker._load_field(protocol.SPOOL_PREFIX + path, "argument", "")
     assert np.array_equal(loaded["array"], value["array"]) and loaded["raw"] == value["raw"] and loaded["n"] == 3
-    assert isinstance(loaded["raw"], memoryview)
+    assert isinstance(loaded["raw"], bytes)   # as cloudpickle sends any memoryview
     assert loaded["array"].flags.writeable
     assert loaded["array"].ctypes.data % bufferfile.ALIGN == 0   # buffers are aligned in the file
     loaded["array"][0] = 42.0   # copy-on-write: the file is not changed
@@ -68,7 +68,7 @@ def test_a_result_whose_digest_does_not_match_is_refused(run_dir):
     chunks = bufferfile.chunks(main, buffers)
     path = run_dir.write_atomic("r.0.result", chunks)
     gate = EventGate(run_dir.path)
-    ref = {"path": path, "sha256": "0" * 64, "size": 1, "format": "buffers"}
+    ref = {"path": path, "sha256": "0" * 64, "size": os.path.getsize(path), "format": "buffers"}
     with pytest.raises(ValueError, match="does not match its signed digest"):
         gate.unpack({"type": "task_result", "run_id": "r", "result_ref": ref})
     assert os.path.exists(path)   # kept for inspection, never loaded
@@ -98,6 +98,69 @@ def test_shared_inputs_are_written_once_and_deleted_with_their_last_call(run_dir
     # small values ride inline, as base64, and are never written
     _, _, shared = inputs.split("d", func, (1,), {"big": [1, 2, 3]}, "t", None)
     assert not shared[0][1].startswith(protocol.SPOOL_PREFIX)
+    inputs.release("d")
+
+
+def test_another_task_gets_the_object_as_it_is_now_not_as_it_was_first_sent(run_dir):
+    inputs = SharedInputs(run_dir, lambda value: isinstance(value, int))
+    big = np.zeros(SHARED_MIN_BYTES, dtype=np.uint8)
+
+    def func(big):
+        return big
+
+    _, _, [[_, first]] = inputs.split("a", func, (big,), {}, "task_a", None)
+    big[:] = 7   # changed while "a" is still out
+    _, _, [[_, same_task]] = inputs.split("a2", func, (big,), {}, "task_a", None)
+    _, _, [[_, other_task]] = inputs.split("b", func, (big,), {}, "task_b", None)
+    assert same_task == first   # the items of one task share what the first of them sent
+    assert other_task != first  # another task pickles it again
+    assert worker._load_field(other_task, "argument", "")[0] == 7
+    for run_id in ("a", "a2", "b"):
+        inputs.release(run_id)
+
+
+def test_arguments_that_share_an_object_travel_together(run_dir):
+    inputs = SharedInputs(run_dir, lambda value: isinstance(value, int))
+    x = np.zeros(SHARED_MIN_BYTES, dtype=np.uint8)
+
+    def func(a, b):
+        return a, b
+
+    args, _, shared = inputs.split("r", func, (x, {"k": x}), {}, "t", None)
+    assert shared == [] and args[1]["k"] is x   # not split: the job keeps b["k"] is a
+    args, _, shared = inputs.split("s", func, (x, x), {}, "t", None)
+    assert args == (None, None) and shared[0][1] == shared[1][1]
+    loaded, _ = worker._with_shared(args, {}, shared, "")
+    assert loaded[0] is loaded[1]   # f(x, x): one object in the job too
+    inputs.release("s")
+    assert not os.path.exists(shared[0][1][len(protocol.SPOOL_PREFIX):])
+
+
+def test_a_failed_split_keeps_nothing(run_dir):
+    inputs = SharedInputs(run_dir, lambda value: isinstance(value, int))
+    big = np.zeros(SHARED_MIN_BYTES, dtype=np.uint8)
+    import threading
+
+    def func(big, lock):
+        return big
+
+    with pytest.raises(TypeError, match="argument 'lock'"):
+        inputs.split("r", func, (big, threading.Lock()), {}, "t", None)
+    assert [name for name in os.listdir(run_dir.path) if name.endswith((".shared", ".writing"))] == []
+
+
+def test_a_spooled_result_cut_short_is_an_error_not_a_crash(run_dir):
+    from wove.dispatch.events import EventGate
+
+    main, buffers = pickling.dumps_buffers(np.ones(100_000))
+    chunks = bufferfile.chunks(main, buffers)
+    path = run_dir.write_atomic("r.0.result", chunks)
+    size = os.path.getsize(path)
+    os.truncate(path, size // 2)
+    ref = {"path": path, "sha256": "0" * 64, "size": size, "format": "buffers"}
+    with pytest.raises(ValueError, match=f"has {size // 2} bytes, its event says {size}"):
+        EventGate(run_dir.path).unpack({"type": "task_result", "run_id": "r", "result_ref": ref})
+    os.unlink(path)
 
 
 @pytest.fixture

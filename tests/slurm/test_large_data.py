@@ -70,6 +70,20 @@ def test_a_100_mb_input_shared_by_1000_items_is_written_once(executor, prefix, t
     assert not [p for p in _spool_files(str(tmp_path / "spool")) if p.endswith(".shared")]
 
 
+def test_packed_items_sharing_an_input_each_get_their_own_copy(executor, prefix):
+    """Items packed in one job load the shared file each: a change one item makes is not seen by another."""
+    executor(items_per_job=4, mem="500M")
+    counter = np.zeros(MB, dtype=np.int64)
+    with weave(counter=counter) as w:
+        @w.do(range(8), environment="slurm")
+        def bump(item, counter):
+            counter[0] += 1
+            return int(counter[0])
+
+    assert w.result.bump == [1] * 8
+    assert counter[0] == 0   # and the weave's own object is untouched
+
+
 def test_the_event_loop_keeps_ticking_while_two_200_mb_arrays_move(executor, prefix):
     # A stall must show up twice to count: on a 2-core machine shared with slurmd and the job itself,
     # another process can hold the CPU for a moment; a loop that blocks on the data stalls every time.

@@ -11,8 +11,10 @@ import builtins
 import hashlib
 import io
 import json
+import mmap
 import os
 import pickle
+import stat
 from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
@@ -233,31 +235,23 @@ class EventGate:
     def _read_ref(self, ref: Any) -> tuple[Any, Optional[list[memoryview]]]:
         """A spooled result's pickle (and out-of-band buffers), checked against its signed digest.
 
-        A buffer file is mapped, not read: its arrays become views of the mapping (no copy), and the file is
-        deleted at once (the mapping outlives it).
+        The file is read once, into memory of our own (never mapped: what was checked is what the user
+        gets, and a file cut short cannot crash the weave), and deleted. A buffer file's arrays are views of
+        that memory, so they are not copied again.
         """
         if not isinstance(ref, dict) or not isinstance(ref.get("path"), str):
             raise ValueError("bad result_ref")
         path = ref["path"]
         if not any(_inside(path, d) for d in ([self.spool_dir] if self.spool_dir else []) + self.adopted_dirs):
             raise ValueError(f"result_ref {path!r} is outside the spool directory")
-        if ref.get("format") in ("bytes", "bytearray"):
-            return _Raw(_read_raw(path, ref)), None
-        if ref.get("format") == "buffers":
-            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
-            try:
-                view = bufferfile.mapped(fd, path)
-            finally:
-                os.close(fd)
-            if hashlib.sha256(view).hexdigest() != ref.get("sha256"):
-                raise ValueError("spooled result does not match its signed digest")
-            spool.remove(path)
-            return bufferfile.parts(view, path)
-        with open(path, "rb") as handle:
-            data = handle.read()
-        if hashlib.sha256(data).hexdigest() != ref.get("sha256"):
-            raise ValueError("spooled result does not match its signed digest")
-        spool.remove(path)
+        kind = ref.get("format", "pickle")
+        if kind not in ("pickle", "buffers", "bytes", "bytearray"):
+            raise ValueError(f"result_ref format {kind!r} is not one this weave reads")
+        data = _read_spooled(path, ref, kind)
+        if kind in ("bytes", "bytearray"):
+            return _Raw(data), None
+        if kind == "buffers":
+            return bufferfile.parts(data, path)
         return data, None
 
 
@@ -270,24 +264,38 @@ class _Raw:
         self.value = value
 
 
-def _read_raw(path: str, ref: dict[str, Any]) -> bytes | bytearray:
-    """Read a ``bytes``/``bytearray`` result in one go (the read and the hash run without the GIL)."""
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+def _read_spooled(path: str, ref: dict[str, Any], kind: str) -> Any:
+    """Read a spooled result in one go and check its size and digest (the read and the hash run without the
+    GIL). A buffer file is read into memory of its own (a writable view), anything else into ``bytes``
+    (``bytearray`` for a ``bytearray`` result)."""
+    # O_NONBLOCK: a FIFO planted under that name cannot block the decode thread (it is refused below)
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
     with open(fd, "rb", buffering=0) as handle:
-        size = os.fstat(fd).st_size
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid():
+            raise ValueError(f"spooled result {path} is not a regular file of this user")
+        size = st.st_size
         if size != ref.get("size"):
             raise ValueError(f"spooled result {path} has {size} bytes, its event says {ref.get('size')}")
-        data: bytes | bytearray
-        if ref["format"] == "bytearray":
-            data = bytearray(size)
-            view = memoryview(data)
+        data: Any
+        if kind == "buffers":
+            # anonymous memory, zeroed by the kernel as it is used (a bytearray would be zero-filled first,
+            # holding the GIL for ~0.1 s per 200 MB): writable, for the arrays that become views of it
+            data = mmap.mmap(-1, max(size, 1))
+            view = memoryview(data)[:size]
             while view:
                 count = handle.readinto(view)
                 if not count:
                     raise ValueError(f"spooled result {path} is shorter than its event says")
                 view = view[count:]
+            del view
+            data = memoryview(data)[:size]
         else:
             data = handle.read()
+            if len(data) != size:
+                raise ValueError(f"spooled result {path} is shorter than its event says")
+            if kind == "bytearray":
+                data = bytearray(data)
     if hashlib.sha256(data).hexdigest() != ref.get("sha256"):
         raise ValueError("spooled result does not match its signed digest")
     spool.remove(path)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import json
 import os
 import sys
@@ -73,8 +74,8 @@ class PayloadBuilder:
         self._callables: dict[int, tuple[Callable[..., Any], str]] = {}
         self._pending: dict[int, tuple[Callable[..., Any], asyncio.Future[str]]] = {}
         self._thread: Optional[concurrent.futures.ThreadPoolExecutor] = None
-        self._shared: Optional[SharedInputs] = None
-        self._inputs_pending: dict[tuple[int, ...], asyncio.Future[dict[str, Any]]] = {}
+        self.shared_inputs = SharedInputs(run_dir, _small_value, self._later)
+        self._inputs_pending: dict[tuple[Any, ...], asyncio.Future[dict[str, Any]]] = {}
 
     async def build(self, *, run_id: str, task_id: Optional[str], task_name: Optional[str],
                     func: Callable[..., Any], args: tuple[Any, ...], kwargs: Mapping[str, Any],
@@ -84,7 +85,6 @@ class PayloadBuilder:
         The items of one mapped task share their function's pickle, made once: every item waits for that
         one pickle and then all are ready together (so they can still go out as one job array).
         """
-        loop = asyncio.get_running_loop()
         pickling.warn_open_files(func, args, kwargs, task_name, task_id)
         if self._thread is None:
             self._thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="wove-payload")
@@ -93,27 +93,44 @@ class PayloadBuilder:
             shared = await self._shared_callable(func, task_name)
             if _small(args, kwargs):
                 return self._assemble(run_id, task_id, task_name, func, shared, args, kwargs, delivery)
-            unknown = self.shared_inputs.unknown(args, kwargs)
+            unknown = self.shared_inputs.unknown(task_name, args, kwargs)
             if not unknown:   # its large arguments are written already (an init value every item takes)
                 return self._assemble(run_id, task_id, task_name, func, shared, args, kwargs, delivery)
-            pending = self._inputs_pending.get(tuple(map(id, unknown)))
+            key = (task_name, *map(id, unknown))
+            pending = self._inputs_pending.get(key)
             if pending is not None:   # another item is writing the same inputs: wait, then reuse them
-                await asyncio.shield(pending)
-                if not self.shared_inputs.unknown(args, kwargs):
+                try:
+                    await asyncio.shield(pending)
+                except Exception:
+                    pass   # that item's own failure: this one builds itself below (and fails on its own)
+                if not self.shared_inputs.unknown(task_name, args, kwargs):
                     return self._assemble(run_id, task_id, task_name, func, shared, args, kwargs, delivery)
             else:
-                key = tuple(map(id, unknown))
-                future = self._inputs_pending[key] = loop.run_in_executor(
-                    self._thread, self._assemble, run_id, task_id, task_name, func, shared, args, kwargs, delivery)
+                future = self._inputs_pending[key] = self._in_thread(
+                    run_id, task_id, task_name, func, shared, args, kwargs, delivery)
                 try:
-                    return await asyncio.shield(future)
+                    return await self._owned(run_id, future)
                 finally:
                     # on the loop, once written: every item that waited resumes in the same turn of the
                     # loop, so the items of a map that share an input still go out together (one job array)
                     if self._inputs_pending.get(key) is future:
                         del self._inputs_pending[key]
-        return await loop.run_in_executor(self._thread, self._assemble, run_id, task_id, task_name,
-                                          func, shared, args, kwargs, delivery)
+        return await self._owned(run_id, self._in_thread(run_id, task_id, task_name, func, shared, args, kwargs,
+                                                         delivery))
+
+    def _in_thread(self, run_id: str, *arguments: Any) -> asyncio.Future[dict[str, Any]]:
+        assert self._thread is not None
+        return asyncio.get_running_loop().run_in_executor(
+            self._thread, functools.partial(self._assemble, run_id, *arguments))
+
+    async def _owned(self, run_id: str, future: asyncio.Future[dict[str, Any]]) -> dict[str, Any]:
+        """The payload being built for ``run_id``. Cancelled before it is done, this releases whatever the
+        build registered for ``run_id`` once it finishes: nobody will ``forget`` a run that never went out."""
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            future.add_done_callback(lambda _: self.shared_inputs.release(run_id))
+            raise
 
     async def _shared_callable(self, func: Callable[..., Any], task_name: Optional[str]) -> str:
         pending = self._pending.get(id(func))
@@ -149,23 +166,30 @@ class PayloadBuilder:
         inputs: list[Any] = []
         if not _small(args, kwargs):   # large arguments: written once per run directory, by content
             args, kwargs, inputs = self.shared_inputs.split(run_id, func, tuple(args), kwargs, task_name, task_id)
-        delivery = dict(delivery)
-        if self.post_timeout:
-            delivery["post_timeout"] = self.post_timeout
-        payload = {
-            **self.static,
-            "run_id": run_id,
-            "task_id": task_id,
-            "task_name": task_name,
-            "callable_pickle": shared,
-            "args_pickle": self._field(pickling.pickle_arguments(func, tuple(args), dict(kwargs), task_name,
-                                                                 task_id, dump=pickling.dumps_buffers),
-                                       args_name(run_id), lambda: pickling.dumps((tuple(args), dict(kwargs)))),
-            "delivery": delivery,
-            "signing": {"alg": "hmac-sha256", "key": protocol.new_key()},
-        }
+        try:
+            delivery = dict(delivery)
+            if self.post_timeout:
+                delivery["post_timeout"] = self.post_timeout
+            payload = {
+                **self.static,
+                "run_id": run_id,
+                "task_id": task_id,
+                "task_name": task_name,
+                "callable_pickle": shared,
+                "args_pickle": self._field(
+                    pickling.pickle_arguments(func, tuple(args), dict(kwargs), task_name, task_id,
+                                              dump=pickling.dumps_buffers),
+                    args_name(run_id), lambda: pickling.dumps((tuple(args), dict(kwargs)))),
+                "delivery": delivery,
+                "signing": {"alg": "hmac-sha256", "key": protocol.new_key()},
+            }
+        except BaseException:   # no payload, so no run to ``forget`` later: let go of its inputs now
+            self.shared_inputs.release(run_id)
+            raise
         if inputs:
             payload["shared"] = inputs
+        if inputs or protocol.SPOOL_PREFIX in (payload["callable_pickle"][:6], payload["args_pickle"][:6]):
+            payload["version"] = protocol.PAYLOAD_VERSION_BUFFERS   # a job that cannot read them refuses it
         return payload
 
     def _field(self, pickled: tuple[bytes, list[memoryview]], name: str, in_band: Callable[[], bytes]) -> str:
@@ -182,14 +206,18 @@ class PayloadBuilder:
         and the shared inputs no other call still uses."""
         for name in (args_name(run_id), callable_name(run_id)):
             self.run_dir.remove(name)
-        if self._shared is not None:
-            self._shared.release(run_id)
+        self.shared_inputs.release(run_id)
 
-    @property
-    def shared_inputs(self) -> SharedInputs:
-        if self._shared is None:
-            self._shared = SharedInputs(self.run_dir, _small_value)
-        return self._shared
+    def _later(self, job: Callable[[], None]) -> None:
+        """Run a deletion in this builder's thread (a large file takes a while), or now if it is closed."""
+        thread = self._thread
+        if thread is None:
+            job()
+        else:
+            try:
+                thread.submit(job)
+            except RuntimeError:   # shut down meanwhile
+                job()
 
     def close(self) -> None:
         thread, self._thread = self._thread, None
@@ -197,8 +225,7 @@ class PayloadBuilder:
             thread.shutdown(wait=True)
         self._callables.clear()
         self._pending.clear()
-        if self._shared is not None:
-            self._shared.close()
+        self.shared_inputs.close()
 
 
 def encode_payload(payload: dict[str, Any], spool_dir: str | spool.RunDir,

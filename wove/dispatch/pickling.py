@@ -63,9 +63,10 @@ def _keeping_filenames() -> type:
 
 
     def memoryview_reduce(view: memoryview) -> Any:
+        # it arrives as ``bytes``, as cloudpickle sends a memoryview; a large one without a copy on this side
         if view.nbytes > OUT_OF_BAND_BYTES and view.contiguous:
-            return memoryview, (pickle.PickleBuffer(view),)
-        return reduce_memoryview(view) if reduce_memoryview is not None else (memoryview, (view.tobytes(),))
+            return bytes, (pickle.PickleBuffer(view),)
+        return reduce_memoryview(view) if reduce_memoryview is not None else (bytes, (view.tobytes(),))
 
     _pickler_class = type("FilenamePickler", (base,), {
         "dispatch_table": ChainMap({types.CodeType: code_reduce, memoryview: memoryview_reduce}, table)})
@@ -100,14 +101,23 @@ def dumps(obj: Any) -> bytes:
 
 
 def dumps_buffers(obj: Any) -> tuple[bytes, list[memoryview]]:
-    """``dumps`` with protocol 5's out-of-band buffers: arrays and bytearrays are left out of the pickle
-    (as views of their memory), to be written beside it in a buffer file (``dispatch.bufferfile``)."""
+    """``dumps`` with protocol 5's out-of-band buffers: arrays (and a whole large ``bytes``, ``bytearray`` or
+    memoryview) are left out of the pickle, as views of their memory, to be written beside it in a buffer
+    file (``dispatch.bufferfile``)."""
+    main, buffers, _ = dumps_buffers_memo(obj)
+    return main, buffers
+
+
+def dumps_buffers_memo(obj: Any) -> tuple[bytes, list[memoryview], dict[int, Any]]:
+    """``dumps_buffers``, and the objects the pickle recorded (by id), to tell what two pickles share."""
     buffers: list[Any] = []
     if type(obj) in (bytes, bytearray) and len(obj) > OUT_OF_BAND_BYTES:
         obj = OutOfBandBytes(obj)
     with io.BytesIO() as file:
-        _keeping_filenames()(file, protocol=5, buffer_callback=buffers.append).dump(obj)
-        return file.getvalue(), [buffer.raw() for buffer in buffers]
+        pickler = _keeping_filenames()(file, protocol=5, buffer_callback=buffers.append)
+        pickler.dump(obj)
+        memo = {key: value[1] for key, value in pickler.memo.copy().items()}
+        return file.getvalue(), [buffer.raw() for buffer in buffers], memo
 
 
 # ---------------------------------------------------------------------------------------------- driver

@@ -32,6 +32,10 @@ if TYPE_CHECKING:  # keep remote jobs from importing typing at start-up
     from typing import Any, Optional
 
 PAYLOAD_VERSION = 1
+#: A payload with shared inputs (``"shared"``) or buffer files: a job that knows only version 1 would run
+#: such a task with ``None`` arguments, so it is marked 2, which such a job refuses with a clear error.
+PAYLOAD_VERSION_BUFFERS = 2
+_READABLE_VERSIONS = (PAYLOAD_VERSION, PAYLOAD_VERSION_BUFFERS)
 PAYLOAD_ENV = "WOVE_BACKEND_PAYLOAD"
 SPOOL_PREFIX = "spool:"
 SIGNATURE_SCHEME = "wove1"
@@ -189,6 +193,7 @@ def _check_fields(payload: dict[str, Any]) -> None:
     if missing:
         raise PayloadError(f"payload lacks {', '.join(missing)}; it was not made by wove's dispatch "
                            f"(expected fields: {', '.join(_REQUIRED)}, ...)")
-    if payload["version"] != PAYLOAD_VERSION:
+    if payload["version"] not in _READABLE_VERSIONS:
         raise PayloadError(f"payload version {payload['version']!r} is not supported by this wove "
-                           f"(expects {PAYLOAD_VERSION}); install the same wove version on both sides")
+                           f"(expects {' or '.join(map(str, _READABLE_VERSIONS))}); install the same wove "
+                           "version on both sides")

@@ -153,6 +153,17 @@ class RunDir:
         _write_at(self.fd, name, data, self.path)
         return os.path.join(self.path, name)
 
+    def write_hashed(self, name: str, data: bytes | Sequence[Any]) -> str:
+        """``write_atomic``, hashing as it writes: the SHA-256 (hex) of what was written."""
+        digest = _write_at(self.fd, name, data, self.path, digest=True)
+        assert digest is not None
+        return digest
+
+    def rename(self, name: str, new_name: str) -> str:
+        """Rename a file of this directory (replacing ``new_name``); returns its new path."""
+        os.replace(name, new_name, src_dir_fd=self.fd, dst_dir_fd=self.fd)
+        return os.path.join(self.path, new_name)
+
     def read(self, name: str) -> bytes:
         fd = os.open(name, os.O_RDONLY | _NOFOLLOW, dir_fd=self.fd)
         with open(fd, "rb") as handle:

@@ -136,7 +136,8 @@ class EventSender:
 
     def spool_buffers(self, chunks: list[Any], kind: str = "buffers") -> dict[str, Any]:
         """Write a large result to the run's spool; the reference its event carries. ``kind`` says what the
-        chunks are: a buffer file's (``"buffers"``), or the contents of a ``bytes`` or ``bytearray`` result.
+        chunks are: a buffer file's (``"buffers"``), a plain pickle (``"pickle"``), or the contents of a
+        ``bytes`` or ``bytearray`` result.
 
         Raises ``OSError``: ``SpoolFullError`` when it does not fit (nothing is left behind), or
         ``UnsafeSpoolError`` for a spool directory that is not this user's alone.
@@ -145,7 +146,10 @@ class EventSender:
         path, digest = spool.write_private_digest(spool_dir, spool.result_name(self.run_id, self.incarnation),
                                                   chunks, digest=True)
         size = sum(memoryview(chunk).nbytes for chunk in chunks)
-        return {"path": path, "sha256": digest, "size": size, "format": kind}
+        ref = {"path": path, "sha256": digest, "size": size}
+        if kind != "pickle":   # a plain pickle's reference reads as it always did
+            ref["format"] = kind
+        return ref
 
     def _spool_result(self, frame: dict[str, Any]) -> Optional[bytes]:
         """Move the result pickle into a spool file; ``None`` (and ``undelivered`` set) if that is refused."""

@@ -181,22 +181,23 @@ def _write_at(dir_fd: int, name: str, data: bytes | Sequence[Any], where: str = 
     chunks: list[Any] = [data] if isinstance(data, (bytes, bytearray, memoryview)) else list(data)
     views = [memoryview(chunk).cast("B") for chunk in chunks]
     total = sum(view.nbytes for view in views)
-    hasher = None
-    if digest:
-        import hashlib  # OpenSSL's SHA-256: several times faster than the built-in one, for large files
-
-        hasher = hashlib.sha256()
+    hasher = _Hasher(views, total) if digest else None
     if total > _ROOM_CHECK_BYTES:
         available = _available(dir_fd)
         if available is not None and total > available:
             raise _full(where, name, total, available)
     tmp = f".{name}.{os.getpid()}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | _NOFOLLOW, 0o600, dir_fd=dir_fd)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | _NOFOLLOW, 0o600, dir_fd=dir_fd)
+    except OSError as exc:
+        if exc.errno in _NO_ROOM:   # not even an empty file fits (no inodes, or the quota is reached)
+            raise _full(where, name, total, _available(dir_fd)) from exc
+        raise
     try:
         try:
+            if hasher is not None:
+                hasher.start()   # large: hashes in a thread of its own while this one writes
             for view in views:
-                if hasher is not None:
-                    hasher.update(view)
                 while view:
                     written = os.write(fd, view)
                     view = view[written:]
@@ -211,7 +212,45 @@ def _write_at(dir_fd: int, name: str, data: bytes | Sequence[Any], where: str = 
         if isinstance(exc, OSError) and exc.errno in _NO_ROOM:
             raise _full(where, name, total, _available(dir_fd)) from exc
         raise
-    return hasher.hexdigest() if hasher is not None else None
+    finally:
+        if hasher is not None:
+            hasher.join()
+    return hasher.hexdigest if hasher is not None else None
+
+
+class _Hasher:
+    """SHA-256 of buffers, computed beside the write that stores them (both release the GIL)."""
+
+    PARALLEL_BYTES = 4 * 1024 * 1024
+
+    def __init__(self, views: list[memoryview], total: int):
+        self._thread: Any = None
+        self.hexdigest = ""
+        if total <= self.PARALLEL_BYTES:   # the built-in SHA-256: importing OpenSSL's costs ~7 ms in a job
+            from .protocol import sha256
+
+            self._views, self._sha = views, sha256()
+            self._run()
+        else:   # OpenSSL's SHA-256: several times faster than the built-in one, for large files
+            import hashlib
+
+            self._views, self._sha = views, hashlib.sha256()
+
+    def _run(self) -> None:
+        for view in self._views:
+            self._sha.update(view)
+        self.hexdigest = self._sha.hexdigest()
+
+    def start(self) -> None:
+        if not self.hexdigest:
+            import threading
+
+            self._thread = threading.Thread(target=self._run, name="wove-hash", daemon=True)
+            self._thread.start()
+
+    def join(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
 
 
 _ROOM_CHECK_BYTES = 1024 * 1024   # files this large are checked against the free space before writing

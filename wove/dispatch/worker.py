@@ -209,8 +209,8 @@ def execute(payload: dict[str, Any], *, sender: Optional[EventSender] = None,
         else:
             try:
                 outcome, fields, code = "task_result", _result_fields(value, sender), EXIT_OK
-            except OSError as exc:   # no room in the spool (SpoolFullError), or a spool that is not ours
-                outcome, fields, code = "task_error", _error_fields(exc, source="spool"), EXIT_TASK_FAILED
+            except _SpoolRefused as refused:   # no room in the spool (SpoolFullError), or a spool not ours
+                outcome, fields, code = "task_error", _error_fields(refused.error, source="spool"), EXIT_TASK_FAILED
             except Exception as exc:
                 outcome, fields, code = "task_error", unpicklable_result(payload, value, exc), EXIT_TASK_FAILED
     finally:
@@ -221,27 +221,51 @@ def execute(payload: dict[str, Any], *, sender: Optional[EventSender] = None,
     return code if sender.send(outcome, fields) else EXIT_UNDELIVERED
 
 
-def _result_fields(value: Any, sender: EventSender) -> dict[str, Any]:
-    """A result's event fields: its pickle inline when small, else a buffer file in the run's spool.
+class _SpoolRefused(Exception):
+    """A large result could not be written to the spool (``error``) and is too large to send inline."""
 
-    Pickled once with protocol 5: arrays and other buffers are not copied into the pickle, and a large
-    result goes to the spool file as it is (no base64, no JSON), referenced by its signed digest.
+    def __init__(self, error: OSError):
+        super().__init__(str(error))
+        self.error = error
+
+
+def _result_fields(value: Any, sender: EventSender) -> dict[str, Any]:
+    """A result's event fields: inline when small, else a file in the run's spool, referenced by its digest.
+
+    Pickled once with protocol 5: a result with large buffers (arrays) goes to a buffer file with those
+    buffers as they are, a large ``bytes``/``bytearray`` to a file of its own; a plain pickle rides inline up to
+    the receiver's body limit (1 MiB at most). When the spool refuses a file (full, or not private) the result
+    still goes inline if it fits; otherwise ``_SpoolRefused``.
     """
-    if type(value) in (bytes, bytearray) and len(value) > _INLINE_RESULT and sender.payload.get("spool_dir"):
+    inline_limit = min(int(sender.payload.get("max_body") or _INLINE_RESULT), _INLINE_LIMIT)
+    can_spool = bool(sender.payload.get("spool_dir"))
+    if type(value) in (bytes, bytearray) and len(value) > max(inline_limit, _INLINE_RESULT) and can_spool:
         # as they are: the weave reads them back with one read (no pickle, no copy holding its GIL)
-        return {"result_ref": sender.spool_buffers([value], type(value).__name__)}
+        return _spooled(sender, [value], type(value).__name__, value, inline_limit)
     main, buffers = _dumps_buffers(value)
-    if buffers or len(main) > _INLINE_RESULT:
+    if buffers:
         from . import bufferfile
 
-        if bufferfile.size(main, buffers) > bufferfile.INLINE_BYTES and sender.payload.get("spool_dir"):
-            return {"result_ref": sender.spool_buffers(bufferfile.chunks(main, buffers))}
-        if buffers:   # small after all (or nowhere to spool it): in-band, like any small result
-            main = _dumps(value)
+        if bufferfile.size(main, buffers) > _INLINE_RESULT and can_spool:
+            return _spooled(sender, bufferfile.chunks(main, buffers), "buffers", value, inline_limit)
+        main = _dumps(value)   # small after all (or nowhere to spool it): in-band, like any small result
+    if len(main) > inline_limit and can_spool:
+        return _spooled(sender, [main], "pickle", value, inline_limit)
     return {"result_pickle": _b64(main)}
 
 
-_INLINE_RESULT = 64 * 1024
+_INLINE_RESULT = 64 * 1024     # a result with buffers (arrays) larger than this goes to a buffer file
+_INLINE_LIMIT = 1024 * 1024    # a plain pickle larger than this (or than the body limit) goes to a file
+
+
+def _spooled(sender: EventSender, chunks: list[Any], kind: str, value: Any, inline_limit: int) -> dict[str, Any]:
+    try:
+        return {"result_ref": sender.spool_buffers(chunks, kind)}
+    except OSError as exc:
+        main = _dumps(value)
+        if len(main) <= inline_limit:   # the spool would not take it, but the event can carry it
+            return {"result_pickle": _b64(main)}
+        raise _SpoolRefused(exc) from exc
 
 
 def _dumps_buffers(value: Any) -> tuple[bytes, list[Any]]:
@@ -271,19 +295,21 @@ def _load_field(field: str, what: str, version: str) -> Any:
         return bufferfile.load(handle.fileno(), path, lambda main, buffers: unpickle.loads(main, version, buffers))
 
 
-_SHARED: dict[str, Any] = {}   # inputs shared by the payloads of this job, loaded once per process
-
-
 def _with_shared(args: Any, kwargs: Any, shared: Any, version: str) -> tuple[Any, Any]:
-    """Put the shared inputs (each its own spool file, loaded once per job) into their argument slots."""
+    """Put the shared inputs (spool files, or small inline pickles) into their argument slots.
+
+    Each call loads its own copy (a buffer file is mapped copy-on-write again: its arrays cost nothing until
+    written), so the items of one job never see each other's changes; a field named by two slots of one call
+    (``f(x, x)``) is loaded once, so both slots hold the same object, as they did in the weave.
+    """
     args, kwargs = list(args), dict(kwargs)
+    loaded: dict[str, Any] = {}
     for slot, field in shared:
-        if not field.startswith(protocol.SPOOL_PREFIX):   # a small argument, inline: not shared
-            value = _load_field(field, "argument", version)
-        elif field in _SHARED:
-            value = _SHARED[field]
+        if field in loaded:
+            value = loaded[field]
         else:
-            value = _SHARED[field] = _load_field(field, "shared input", version)
+            what = "shared input" if field.startswith(protocol.SPOOL_PREFIX) else "argument"
+            value = loaded[field] = _load_field(field, what, version)
         if isinstance(slot, int):
             args[slot] = value
         else:

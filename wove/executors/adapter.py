@@ -196,9 +196,13 @@ class BackendAdapterEnvironmentExecutor(Reattach, EnvironmentExecutor):
                 self._lease = None
             if self._adopted:   # after the adapter's close: every reattached job is settled (or cancelled)
                 await self._stop_adopted()
-            self._close_run_dir()
-            self._runs.clear()
-            self._active = False
+            try:
+                # In a thread: deleting a large shared input, or any file while the filesystem is flushing
+                # hundreds of MB, can take a few tenths of a second. (Cancelled, the thread still finishes.)
+                await asyncio.to_thread(self._close_run_dir)
+            finally:
+                self._runs.clear()
+                self._active = False
 
     def _close_run_dir(self) -> None:
         """Delete this run's spool directory (by descriptor, never through a symlink) and close it."""

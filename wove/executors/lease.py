@@ -92,9 +92,12 @@ class LeaseKeeper:
         thread, self._thread = self._thread, None
         self._stopping.set()
         self._wake.set()
+        await asyncio.to_thread(self._stop, thread)
+
+    def _stop(self, thread: Optional[threading.Thread]) -> None:
         if thread is not None:
-            await asyncio.to_thread(thread.join)
-        with self._lock:
+            thread.join()
+        with self._lock:   # unlinks can wait a few tenths of a second on a busy filesystem: not on the loop
             for name in (LEASE_NAME, JOBS_NAME):
                 self.run_dir.remove(name)
             for directory in self._adopted:
