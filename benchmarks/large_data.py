@@ -9,8 +9,8 @@ In one run, on the local cluster (each measurement repeated ``--rounds`` times, 
     1-byte array, so the job's start and its import of numpy are in the floor too), plus, both ways, what
     moving the data costs by hand (pickle protocol 5 ``dumps`` + write to a file in the spool + read +
     ``loads``, in-band, as a hand-written job would);
-(b) the driver's peak RSS while doing (a), in a fresh process (``ru_maxrss``), against the data moved (in +
-    out) plus 150 MB;
+(b) the driver's peak RSS while doing (a), in a fresh process (``VmHWM``), against the data moved (in + out)
+    plus 150 MB;
 (c) a ``--items``-item map whose every item takes the same 100 MB array (an init value), against the same map
     with a 1 KB array instead.
 """
@@ -21,7 +21,6 @@ import argparse
 import json
 import os
 import pickle
-import resource
 import statistics
 import subprocess
 import sys
@@ -52,11 +51,18 @@ def configure(mem: str = "2G", **extra) -> str:
     return prefix
 
 
+def high_water_mark() -> int:
+    """This process's peak RSS in bytes (``VmHWM``: of this program only; ``ru_maxrss`` would include the
+    parent's RSS at the fork that started us, which Linux carries across ``execve``)."""
+    with open("/proc/self/status") as handle:
+        return next(int(line.split()[1]) * 1024 for line in handle if line.startswith("VmHWM:"))
+
+
 def one_task(mb: int) -> dict:
     """(a) and (b): one task with ``mb`` MB in and out; wall seconds and this process's peak RSS."""
     configure()
     array = np.random.default_rng(1).integers(0, 256, size=mb * MB, dtype=np.uint8)
-    base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    base_rss = high_water_mark()
     started = time.perf_counter()
     with weave(array=array) as w:
         @w.do(environment="slurm")
@@ -64,7 +70,7 @@ def one_task(mb: int) -> dict:
             return flip(array)
 
     elapsed = time.perf_counter() - started
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024   # before the check's own temporaries
+    peak = high_water_mark()   # before the check's own temporaries
     assert np.array_equal(w.result.remote, array[::-1])
     return {"seconds": elapsed, "peak_rss": peak, "rss_before": base_rss}
 
@@ -149,7 +155,8 @@ def main() -> int:
           f"(trivial task {statistics.median(trivials):.2f} s + by hand both ways {statistics.median(hands):.2f} s)"
           f" -> {task / floor:.2f}x (target 1.5x); rounds {[round(t['seconds'], 2) for t in tasks]}")
     print(f"(b) driver peak RSS {peak / MB:.0f} MB (before the weave {tasks[0]['rss_before'] / MB:.0f} MB) for "
-          f"{moved / MB:.0f} MB moved: target under {moved / MB + 150:.0f} MB")
+          f"{moved / MB:.0f} MB moved: target under {moved / MB + 150:.0f} MB; rounds "
+          f"{[round(t['peak_rss'] / MB) for t in tasks]}")
     print(f"(c) {args.items} items sharing a 100 MB input: {statistics.median(shared):.2f} s; with a 1 KB input "
           f"{statistics.median(small):.2f} s -> {statistics.median(shared) / statistics.median(small):.2f}x "
           f"(target 1.3x); rounds {[round(s, 2) for s in shared]} / {[round(s, 2) for s in small]}")
