@@ -5,7 +5,8 @@
 Prints median wall times of: a bare interpreter; the worker's start-up (every import it makes before it
 reads a payload; measured by running it without one, so it exits right after start-up); and whole runs of
 one trivial task posting its events to a local receiver, with the function pickled by reference (an
-importable module function) and by value (defined in ``__main__``, which makes the job import cloudpickle).
+importable module function) and by value (defined in ``__main__``; the job loads it without importing
+cloudpickle, see wove.dispatch.unpickle).
 Target for the start-up: within 40 ms of ``python -c pass``. Also prints the worker's own imports as
 reported by ``python -X importtime``.
 """

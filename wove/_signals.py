@@ -1,5 +1,9 @@
 """Cancelling a weave's remote work when the driver is told to stop: SIGINT, SIGTERM or SIGHUP.
 
+(A weave with a journal is the exception for SIGTERM and SIGHUP: its jobs keep running, the journal is
+written out, and the process ends as the signal says; the next run of the script collects the results.
+See ``_detach``.)
+
 Without this, SIGTERM (a login node reaping long processes) and SIGHUP (a closed SSH session) kill the
 driver at once and leave every Slurm job queued or running. While a weave with remote work runs in the
 foreground, this module owns the handlers of the three signals and gives each the path Ctrl-C already
@@ -154,6 +158,10 @@ def _handle(signum: int, frame: Optional[FrameType]) -> None:
         _exit_now(signum)
     _State.received, _State.frame = signum, frame
     targets = list(_State.targets.values())
+    journals = [getattr(target.runtime, "journal", None) for target in targets]
+    if (signum in _DETACHING and targets and all(journals)
+            and _State.previous.get(signum, signal.SIG_DFL) == signal.SIG_DFL):
+        _detach(signum, targets, journals)
     _State.cancelled = targets
     slurm, other, ids, drain = _in_flight(targets)
     _State.job_ids = ids
@@ -164,6 +172,39 @@ def _handle(signum: int, frame: Optional[FrameType]) -> None:
     _write(f"wove: {_name(signum)}: cancelling {what}{wait}; send again to exit at once")
     for target in targets:
         target.cancel()
+
+
+#: Signals that end a journaled weave without cancelling its jobs: a hang-up (SSH dropped) or a reaper's
+#: SIGTERM is not a decision to give up the sweep, and the next run of the script collects the results.
+#: Ctrl-C (SIGINT) is one, and cancels as always.
+_DETACHING = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
+_JOURNAL_CLOSE_SECONDS = 5.0
+
+
+def _detach(signum: int, targets: list[_Target], journals: list[Any]) -> None:
+    """A journaled weave told to stop by SIGTERM/SIGHUP: leave its jobs running (their leases let them run
+    until ``orphan_timeout``, their outcomes wait in the spool), write out the journal, and end the process
+    killed by the signal, as without wove. A rerun of the script reattaches to the jobs and reads back
+    what they finished."""
+    slurm, other, _, _ = _in_flight(targets)
+    paths = sorted({str(getattr(getattr(journal, "journal", None), "path", "?")) for journal in journals})
+    parts = ([_plural(slurm, "Slurm job")] if slurm else []) + (
+        [_plural(other, "other remote run" if slurm else "remote run")] if other else [])
+    what = " and ".join(parts) if parts else "no remote run"
+    _write(f"wove: {_name(signum)}: leaving {what} running for the journal {', '.join(paths)}; run the script "
+           "again to collect the results (or `wove cleanup --cancel` to stop them)")
+
+    def close_all() -> None:
+        for journal in journals:
+            try:
+                journal.close()
+            except Exception as exc:   # reported, and the process still ends as the signal says
+                _write(f"wove: could not write the journal: {exc}")
+    # In a thread, bounded: the signal may have interrupted this very thread inside the journal's queue.
+    closer = threading.Thread(target=close_all, name="wove-journal-close", daemon=True)
+    closer.start()
+    closer.join(_JOURNAL_CLOSE_SECONDS)
+    _die(signum)
 
 
 def _base_id(job_id: str) -> str:

@@ -30,6 +30,11 @@ class DeadRun:
     age: float
     journaled: bool
     jobs: list[str] = field(default_factory=list)
+    #: The environment's configured ``squeue``/``scancel`` argv (executor_config), recorded in its lease.
+    tools: dict[str, list[str]] = field(default_factory=dict)
+
+    def tool(self, name: str) -> list[str]:
+        return self.tools.get(name) or [name]
 
 
 def dead_runs(root: str, grace: float = DEFAULT_GRACE, limit: int = 10_000) -> list[DeadRun]:
@@ -58,13 +63,18 @@ def dead_runs(root: str, grace: float = DEFAULT_GRACE, limit: int = 10_000) -> l
         if age < grace:
             continue
         try:
-            journaled = bool(json.loads(data or b"{}").get("journaled"))
+            info = json.loads(data or b"{}")
         except ValueError:
-            journaled = False
+            info = {}
+        info = info if isinstance(info, dict) else {}
+        journaled = bool(info.get("journaled"))
+        tools = {name: argv for name, argv in (info.get("tools") or {}).items()
+                 if name in ("squeue", "scancel") and isinstance(argv, list) and argv
+                 and all(isinstance(part, str) for part in argv)} if isinstance(info.get("tools"), dict) else {}
         jobs_file = _read_private(path, JOBS_NAME)
         jobs = [line for line in (jobs_file[0].decode(errors="replace").split() if jobs_file else [])
                 if _JOB_ID.fullmatch(line)]
-        runs.append(DeadRun(path, age, journaled, jobs))
+        runs.append(DeadRun(path, age, journaled, jobs, tools))
     return runs
 
 
@@ -89,13 +99,15 @@ def _read_private(directory: str, name: str, limit: int = 16 * 1024 * 1024) -> O
         os.close(fd)
 
 
-def queued(jobs: list[str], squeue: str = "squeue") -> Optional[set[str]]:
-    """Which of ``jobs`` (``123`` or ``123_4``) Slurm still holds (pending or running); None if squeue failed."""
+def queued(jobs: list[str], squeue: Optional[list[str]] = None) -> Optional[set[str]]:
+    """Which of ``jobs`` (``123`` or ``123_4``) Slurm still holds (pending or running); None if squeue failed.
+
+    ``squeue`` is the argv to run (the environment's configured one; plain ``squeue`` by default)."""
     if not jobs:
         return set()
     base = sorted({job.split("_", 1)[0] for job in jobs})
     try:
-        done = subprocess.run([squeue, "-h", "--array", "-o", "%i", f"--jobs={','.join(base)}"],
+        done = subprocess.run([*(squeue or ["squeue"]), "-h", "--array", "-o", "%i", f"--jobs={','.join(base)}"],
                               capture_output=True, text=True, timeout=60)
     except (OSError, subprocess.TimeoutExpired):
         return None
@@ -124,7 +136,7 @@ def cleanup(argv: Optional[list[str]] = None) -> int:
         print(f"wove cleanup: nothing left by dead drivers in {root}")
         return 0
     for run in runs:
-        found = queued(run.jobs)
+        found = queued(run.jobs, run.tool("squeue"))
         live = sorted(found or ())
         kind = "journaled (a rerun of its weave collects these)" if run.journaled else "not journaled"
         state = (f"{len(live)} still queued{': ' + ' '.join(live) if live else ''}" if found is not None
@@ -136,7 +148,7 @@ def cleanup(argv: Optional[list[str]] = None) -> int:
             continue
         if args.cancel:
             if live:
-                subprocess.run(["scancel", *live], check=False)
+                subprocess.run([*run.tool("scancel"), *live], check=False)
             from .dispatch.spool import remove_tree
 
             remove_tree(run.path)

@@ -7,6 +7,7 @@ also tested directly (torn lines, foreign files, locks). The Slurm side is in te
 from __future__ import annotations
 
 import os
+import pickle
 import subprocess
 import sys
 import textwrap
@@ -83,11 +84,13 @@ def test_changed_function_body_recomputes(tmp_path):
     assert len([c for c in calls if c.startswith("square")]) == 6
 
 
-def test_globals_read_at_call_time_are_not_in_the_key(tmp_path):
+def test_a_changed_global_recomputes_the_calls_that_read_it(tmp_path):
     run(tmp_path, factor=1)
-    result, calls = run(tmp_path, factor=2)   # `factor` is a module global the function reads
-    # As documented (wove/journal/keys.py, README): the recorded results come back.
-    assert result["total"] == sum(i * i for i in range(6)) and calls == ["side_effect"]
+    result, calls = run(tmp_path, factor=2)   # `factor` is a module global `square` reads
+    assert result["total"] == 2 * sum(i * i for i in range(6))   # not the recorded results of factor=1
+    assert sorted(calls) == sorted([f"square {i}" for i in range(6)] + ["total", "side_effect"])
+    result, calls = run(tmp_path, factor=2)   # and unchanged again: everything read back
+    assert calls == ["side_effect"]
 
 
 def test_closure_defaults_and_arguments_are_part_of_the_key():
@@ -209,21 +212,50 @@ def test_records_reach_the_disk_at_close_and_within_the_flush_window(tmp_path):
 
 
 _RAN: list[int] = []
+FACTOR = 1
+
+
+def _scale(value):
+    return value * FACTOR
+
+
+def test_a_changed_global_the_function_reads_changes_the_key():
+    from wove.journal.keys import function_identity
+
+    def uses_global(x):
+        return x * FACTOR
+
+    def uses_helper(x):
+        return _scale(x)
+
+    global FACTOR
+    before = function_identity(uses_global, pickle.dumps), function_identity(uses_helper, pickle.dumps)
+    assert before == (function_identity(uses_global, pickle.dumps), function_identity(uses_helper, pickle.dumps))
+    FACTOR = 2
+    try:
+        after = function_identity(uses_global, pickle.dumps), function_identity(uses_helper, pickle.dumps)
+    finally:
+        FACTOR = 1
+    assert after[0] != before[0]   # the task reads it
+    assert after[1] != before[1]   # a function the task calls reads it
 
 
 def test_weave_journal_argument_and_a_second_weave_on_it_is_refused(tmp_path):
     from wove import weave
 
     path = str(tmp_path / "journal")
-    _RAN.clear()
+    ran = str(tmp_path / "ran")
     for _ in range(2):
         with weave(journal=path) as w:
             @w.do
             def step():
-                _RAN.append(1)   # a global: a closure's changed contents would change the call's key
+                with open(ran, "a") as handle:   # counted outside the key's inputs (a file, not a global)
+                    handle.write("x")
                 return 7
         assert w.result.step == 7
-    assert len(_RAN) == 1 and [r.state for r in w.result.jobs["step"]] == ["JOURNALED"]
+    with open(ran) as handle:
+        assert handle.read() == "x"
+    assert [r.state for r in w.result.jobs["step"]] == ["JOURNALED"]
 
     holder = Journal.open(path)     # as another live driver would hold it
     try:

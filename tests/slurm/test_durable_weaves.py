@@ -96,6 +96,84 @@ def test_killed_driver_rerun_collects_every_result_without_resubmitting(tmp_path
     assert ": 31 call(s): 31 done, 0 submitted" in shown   # 30 items and the reduction
 
 
+def test_a_hang_up_leaves_a_journaled_sweep_running_for_the_rerun(tmp_path, prefix):
+    """SIGHUP (an SSH session closed) or SIGTERM is not a decision to give up a journaled sweep: the jobs
+    keep running, the journal is written out, and the rerun collects everything."""
+    first = _run(tmp_path, prefix, 40)
+    try:
+        assert wait_until(lambda: _done_lines(tmp_path / "journal") >= 15, 90), "the fast half never finished"
+        time.sleep(1)
+        hung_up = time.monotonic()
+        first.send_signal(signal.SIGHUP)
+        _, err = first.communicate(timeout=30)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert first.returncode == -signal.SIGHUP      # ended as the signal says, as without wove
+    assert time.monotonic() - hung_up < 10         # without cancelling or draining anything
+    assert "SIGHUP: leaving 15 Slurm jobs running for the journal" in err
+    assert len(squeue_jobs(prefix)) == 15
+
+    second = _run(tmp_path, prefix, 40)
+    out, err = second.communicate(timeout=180)
+    assert second.returncode == 0, err
+    report = json.loads(out.splitlines()[-1])
+    assert report["total"] == sum(i * 10 for i in range(30)) and report["reattached"] == 15
+    assert len(_elements(prefix)) == 30
+
+
+CHANGING = textwrap.dedent("""
+    import json, sys, wove
+    from wove import weave
+
+    journal, spool, prefix, items, factor = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5])
+    wove.config(journal=journal, environments={"slurm": {"executor": "slurm", "executor_config": {
+        "job_name_prefix": prefix, "spool_dir": spool, "mem": "100M"}}})
+    with weave() as w:
+        @w.do(json.loads(items), environment="slurm")
+        def scaled(i):
+            return i * 10
+
+        @w.do(environment="slurm")
+        def tail():
+            return "tail" * factor
+    print(json.dumps({"scaled": w.result.scaled, "tail": w.result.tail}))
+""")
+
+
+def test_a_changed_argument_or_body_resubmits_exactly_the_affected_calls(tmp_path, prefix):
+    script = tmp_path / "changing.py"
+    script.write_text(CHANGING)
+
+    def run(items, factor, body="i * 10"):
+        script.write_text(CHANGING.replace("return i * 10", f"return {body}"))
+        argv = [sys.executable, str(script), str(tmp_path / "journal"), str(tmp_path / "spool"), prefix,
+                json.dumps(items), str(factor)]
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=180)
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout.splitlines()[-1])
+
+    def submitted() -> int:   # accounting lags a moment behind the jobs
+        wait_until(lambda: len(_elements(prefix)) >= expected, 30)
+        return len(_elements(prefix))
+
+    assert run([1, 2, 3], 1) == {"scaled": [10, 20, 30], "tail": "tail"}
+    expected = 4
+    assert submitted() == 4
+    # one argument changed (3 -> 4): that call alone goes out again
+    assert run([1, 2, 4], 1) == {"scaled": [10, 20, 40], "tail": "tail"}
+    expected = 5
+    assert submitted() == 5
+    # the mapped function's body changed: its three calls go out again, `tail` is read back
+    assert run([1, 2, 4], 1, body="i * 100") == {"scaled": [100, 200, 400], "tail": "tail"}
+    expected = 8
+    assert submitted() == 8
+    # a global the other task reads changed: only that task goes out again
+    assert run([1, 2, 4], 2, body="i * 100") == {"scaled": [100, 200, 400], "tail": "tailtail"}
+    expected = 9
+    assert submitted() == 9
+
+
 LEASE_SCRIPT = textwrap.dedent("""
     import sys, wove
     from wove import weave

@@ -272,13 +272,13 @@ def test_hundred_megabyte_argument_travels_by_spool(slurm_env, prefix, tmp_path)
 
             from wove.dispatch import protocol
             payload = protocol.read_payload(os.environ["WOVE_BACKEND_PAYLOAD"])[0]
-            return len(blob), hashlib.sha256(blob).hexdigest(), payload["args_pickle"][:6]
+            return len(blob), hashlib.sha256(blob).hexdigest(), [field[:6] for _, field in payload["shared"]]
 
     import hashlib
-    size, remote_digest, reference = w.result.digest
+    size, remote_digest, references = w.result.digest
     assert size == len(blob)
     assert remote_digest == hashlib.sha256(blob).hexdigest()
-    assert reference == "spool:"   # the argument pickle travels as a file of its own, not inside the payload
+    assert references == ["spool:"]   # the argument travels as a file of its own (a shared input), not inline
     assert not list((tmp_path / "spool").rglob("*.payload"))
 
 

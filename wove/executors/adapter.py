@@ -107,7 +107,9 @@ class BackendAdapterEnvironmentExecutor(Reattach, EnvironmentExecutor):
         self._active = True
         try:
             run_dir = self._make_run_dir(environment_name, config.get("spool_dir") or default_spool_root())
-            self._lease = LeaseKeeper(run_dir, journaled=bool(run_config.get("journal")))
+            # The queue tools this environment is configured with, for ``wove cleanup`` after a crash.
+            tools = {name: config[name] for name in ("squeue", "scancel") if config.get(name)}
+            self._lease = LeaseKeeper(run_dir, journaled=bool(run_config.get("journal")), tools=tools)
             await self._lease.start()
             await asyncio.to_thread(hint_dead_runs, self.spool_root.path if self.spool_root else "")
             allow = config.get("unpickle_allow")

@@ -28,7 +28,8 @@ BATCH_SECONDS = 0.2
 class LeaseKeeper:
     """Renews one run directory's lease (and adopted ones') and records its job ids; ``stop()`` ends both."""
 
-    def __init__(self, run_dir: spool.RunDir, *, journaled: bool, interval: float = REFRESH_SECONDS):
+    def __init__(self, run_dir: spool.RunDir, *, journaled: bool, interval: float = REFRESH_SECONDS,
+                 tools: Optional[dict[str, Any]] = None):
         self.run_dir = run_dir
         self.journaled = journaled
         self.interval = interval
@@ -38,8 +39,12 @@ class LeaseKeeper:
         self._stopping = threading.Event()
         self._wake = threading.Event()
         self._thread: Optional[threading.Thread] = None
-        self._lease = json.dumps({"pid": os.getpid(), "host": os.uname().nodename, "journaled": journaled,
-                                  "started": time.time()}).encode()
+        lease: dict[str, Any] = {"pid": os.getpid(), "host": os.uname().nodename, "journaled": journaled,
+                                 "started": time.time()}
+        if tools:   # the configured squeue/scancel (argv lists), which ``wove cleanup`` then uses
+            lease["tools"] = {name: [value] if isinstance(value, str) else list(value)
+                              for name, value in tools.items()}
+        self._lease = json.dumps(lease).encode()
 
     @property
     def path(self) -> str:

@@ -1,9 +1,11 @@
 """The key of one call in a journal: the same key means the same work, so its recorded outcome stands.
 
 A key hashes the task's name, the function's identity (module, qualified name, and a hash of its code,
-constants, defaults and closure: editing the body changes it), the call's arguments as pickled bytes, and
-the settings that change the outcome (environment and resources). Names a function reads from its module's
-globals at call time are not part of it; a change there needs a new journal, or ``journal=False`` on the task.
+constants, defaults, closure and the module globals it reads: editing the body, or ``factor = 2`` at the
+top of the script, changes it), the call's arguments as pickled bytes, and the settings that change the
+outcome (environment and resources). Of the globals, data values count by their pickle and functions by
+their own identity (one level down); modules and classes count by name only (their contents are code,
+like an imported library's), and a value that cannot be pickled by its type alone.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ def _code_digest(code: types.CodeType, digest: Any) -> None:
             digest.update(repr(const).encode())
 
 
-def function_identity(func: Callable[..., Any], dumps: Callable[[Any], bytes]) -> str:
+def function_identity(func: Callable[..., Any], dumps: Callable[[Any], bytes], depth: int = 0) -> str:
     """Module, qualified name and a digest of code, defaults and closure (``dumps`` pickles values)."""
     target = getattr(func, "__func__", func)           # bound methods: the function
     while isinstance(target, functools.partial):
@@ -49,9 +51,45 @@ def function_identity(func: Callable[..., Any], dumps: Callable[[Any], bytes]) -
         extras += (getattr(func, "args", None), getattr(func, "keywords", None), getattr(func, "__self__", None))
     if any(value for value in extras):
         digest.update(dumps(extras))
+    if code is not None and depth < _GLOBALS_DEPTH:
+        _globals_digest(code, getattr(target, "__globals__", None) or {}, dumps, digest, depth)
     module = getattr(target, "__module__", "") or ""
     name = getattr(target, "__qualname__", None) or getattr(target, "__name__", "") or type(target).__name__
     return f"{module}:{name}:{digest.hexdigest()[:32]}"
+
+
+_GLOBALS_DEPTH = 2   # the task's function, and the functions it calls by global name
+
+
+def _names(code: types.CodeType) -> set[str]:
+    """Every global name ``code`` (and the code nested in it: comprehensions, inner functions) may read."""
+    names = set(code.co_names)
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            names |= _names(const)
+    return names
+
+
+def _globals_digest(code: types.CodeType, namespace: dict[str, Any], dumps: Callable[[Any], bytes], digest: Any,
+                    depth: int) -> None:
+    """Feed the values of the module globals ``code`` reads into ``digest`` (see the module's docstring)."""
+    for name in sorted(_names(code)):
+        if name not in namespace or name.startswith("__"):
+            continue
+        value = namespace[name]
+        digest.update(name.encode() + b"=")
+        if isinstance(value, (types.ModuleType, type)):
+            digest.update(f"{getattr(value, '__name__', '')}".encode())
+        elif isinstance(value, (types.FunctionType, functools.partial, types.MethodType)):
+            digest.update(function_identity(value, dumps, depth + 1).encode())
+        elif callable(value) and not hasattr(value, "__dict__"):   # builtins and C functions: by name
+            digest.update(repr(value).encode())
+        else:
+            try:
+                canonical = sorted(value, key=repr) if isinstance(value, (set, frozenset)) else value
+                digest.update(hashlib.sha256(dumps(canonical)).digest())
+            except Exception:   # a lock, a connection: what it is, not what it holds
+                digest.update(f"{type(value).__module__}.{type(value).__qualname__}".encode())
 
 
 def _has_contents(cell: Any) -> bool:
