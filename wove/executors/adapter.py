@@ -13,7 +13,6 @@ import importlib.util
 import inspect
 import logging
 import os
-import traceback
 import uuid
 from collections.abc import Mapping
 from typing import Any, Optional
@@ -42,10 +41,6 @@ __all__ = ["DEFAULT_SPOOL_THRESHOLD", "DISPATCH_KEYS", "RESULT_CHANNELS", "Backe
 
 log = logging.getLogger("wove.dispatch")
 
-
-
-_STEP_SECONDS = 60.0   # the longest a step of closing may take, beyond the adapter's drain
-_DRAIN_SECONDS = 30.0  # an adapter's drain when its config sets no drain_timeout (Slurm's default)
 
 
 def default_spool_root() -> str:
@@ -187,18 +182,16 @@ class BackendAdapterEnvironmentExecutor(Reattach, EnvironmentExecutor):
 
     async def stop(self) -> None:
         if self._files is not None:
-            await self._bounded("the filesystem channel's stop", self._files.stop(), _STEP_SECONDS)
+            await self._files.stop()
             self._files = None
         adapter = self.adapter
         try:
             if adapter is not None and not getattr(adapter, "closed", False):   # a subclass may skip __init__
                 adapter.closed = True  # the adapter stays readable (e.g. its submission record)
-                drain = float(self._config.get("drain_timeout") or _DRAIN_SECONDS)
-                await self._bounded(f"the {self.adapter_name} adapter's close", adapter.close(),
-                                    drain + _STEP_SECONDS)
+                await adapter.close()
         finally:
             if self._receiver is not None:
-                await self._bounded("the callback receiver's stop", self._receiver.stop(), _STEP_SECONDS)
+                await self._receiver.stop()
                 self._receiver = None
             if self._lease is not None:   # renewed until every job of ours is settled
                 await self._lease.stop()
@@ -212,19 +205,6 @@ class BackendAdapterEnvironmentExecutor(Reattach, EnvironmentExecutor):
             finally:
                 self._runs.clear()
                 self._active = False
-
-    async def _bounded(self, what: str, step: Any, seconds: float) -> None:
-        """Await one step of closing, for at most ``seconds``: a step that hangs is logged with where it
-        hangs and given up, so the weave still ends (never waits forever on its own cleanup)."""
-        task = asyncio.ensure_future(step)
-        done, _ = await asyncio.wait({task}, timeout=seconds)
-        if done:
-            task.result()
-            return
-        where = "".join(traceback.format_stack(task.get_stack(limit=20)[-1])) if task.get_stack() else "?"
-        log.warning("wove: closing the %s environment: %s did not finish within %.0f s; going on without it. It "
-                    "was at:\n%s", self.adapter_name, what, seconds, where)
-        task.cancel()
 
     def _close_run_dir(self) -> None:
         """Delete this run's spool directory (by descriptor, never through a symlink) and close it."""
