@@ -213,6 +213,7 @@ def test_records_reach_the_disk_at_close_and_within_the_flush_window(tmp_path):
 
 _RAN: list[int] = []
 FACTOR = 1
+_STATE: dict[str, int] = {}
 
 
 def _scale(value):
@@ -228,7 +229,7 @@ def test_a_changed_global_the_function_reads_changes_the_key():
     def uses_helper(x):
         return _scale(x)
 
-    global FACTOR
+    global FACTOR, _STATE
     before = function_identity(uses_global, pickle.dumps), function_identity(uses_helper, pickle.dumps)
     assert before == (function_identity(uses_global, pickle.dumps), function_identity(uses_helper, pickle.dumps))
     FACTOR = 2
@@ -236,8 +237,14 @@ def test_a_changed_global_the_function_reads_changes_the_key():
         after = function_identity(uses_global, pickle.dumps), function_identity(uses_helper, pickle.dumps)
     finally:
         FACTOR = 1
-    assert after[0] != before[0]   # the task reads it
-    assert after[1] != before[1]   # a function the task calls reads it
+    assert after[0] != before[0]   # the task reads a constant that changed
+    assert after[1] == before[1]   # only constants the task itself reads count, not its callees'
+
+    def uses_state(x):
+        return _STATE.get(x)
+    first = function_identity(uses_state, pickle.dumps)
+    _STATE["filled at run time"] = 1   # a global dict: state, not a constant; it does not change the key
+    assert function_identity(uses_state, pickle.dumps) == first
 
 
 def test_weave_journal_argument_and_a_second_weave_on_it_is_refused(tmp_path):

@@ -1,17 +1,18 @@
 """The key of one call in a journal: the same key means the same work, so its recorded outcome stands.
 
 A key hashes the task's name, the function's identity (module, qualified name, and a hash of its code,
-constants, defaults, closure and the module globals it reads: editing the body, or ``factor = 2`` at the
-top of the script, changes it), the call's arguments as pickled bytes, and the settings that change the
-outcome (environment and resources). Of the globals, data values count by their pickle and functions by
-their own identity (one level down); modules and classes count by name only (their contents are code,
-like an imported library's), and a value that cannot be pickled by its type alone.
+constants, defaults, closure and the module-level constants it reads: editing the body, or ``FACTOR = 2``
+at the top of the script, changes it), the call's arguments as pickled bytes, and the settings that change
+the outcome (environment and resources). Of the globals only constants count (numbers, strings, bytes and
+tuples of them); a global list, dict or object, and the functions it calls, do not: a change there needs a
+new journal, or ``journal=False`` on the task.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
+import pickle
 import types
 from typing import Any, Callable, Optional
 
@@ -35,7 +36,7 @@ def _code_digest(code: types.CodeType, digest: Any) -> None:
             digest.update(repr(const).encode())
 
 
-def function_identity(func: Callable[..., Any], dumps: Callable[[Any], bytes], depth: int = 0) -> str:
+def function_identity(func: Callable[..., Any], dumps: Callable[[Any], bytes]) -> str:
     """Module, qualified name and a digest of code, defaults and closure (``dumps`` pickles values)."""
     target = getattr(func, "__func__", func)           # bound methods: the function
     while isinstance(target, functools.partial):
@@ -51,14 +52,11 @@ def function_identity(func: Callable[..., Any], dumps: Callable[[Any], bytes], d
         extras += (getattr(func, "args", None), getattr(func, "keywords", None), getattr(func, "__self__", None))
     if any(value for value in extras):
         digest.update(dumps(extras))
-    if code is not None and depth < _GLOBALS_DEPTH:
-        _globals_digest(code, getattr(target, "__globals__", None) or {}, dumps, digest, depth)
+    if code is not None:
+        _globals_digest(code, getattr(target, "__globals__", None) or {}, digest)
     module = getattr(target, "__module__", "") or ""
     name = getattr(target, "__qualname__", None) or getattr(target, "__name__", "") or type(target).__name__
     return f"{module}:{name}:{digest.hexdigest()[:32]}"
-
-
-_GLOBALS_DEPTH = 2   # the task's function, and the functions it calls by global name
 
 
 def _names(code: types.CodeType) -> set[str]:
@@ -70,26 +68,31 @@ def _names(code: types.CodeType) -> set[str]:
     return names
 
 
-def _globals_digest(code: types.CodeType, namespace: dict[str, Any], dumps: Callable[[Any], bytes], digest: Any,
-                    depth: int) -> None:
-    """Feed the values of the module globals ``code`` reads into ``digest`` (see the module's docstring)."""
+def _constant(value: Any, depth: int = 0) -> bool:
+    """An immutable plain value (exact ``int``, ``float``, ``str``... or a tuple of them), whose pickle is the
+    same in every process: what a script's ``FACTOR = 2`` or ``MODEL = "resnet"`` is."""
+    if value is None or type(value) in _CONSTANT_TYPES:
+        return True
+    return type(value) is tuple and depth < 3 and len(value) <= 1000 and all(_constant(v, depth + 1) for v in value)
+
+
+_CONSTANT_TYPES = (bool, int, float, complex, str, bytes)
+
+
+def _globals_digest(code: types.CodeType, namespace: dict[str, Any], digest: Any) -> None:
+    """Feed the module globals ``code`` reads that are constants (``_constant``) into ``digest``.
+
+    Only constants: anything else (objects, lists and dicts, functions, modules) may differ between two runs
+    of the same script without meaning different work (a cache filled at run time, an object's address or
+    random id in its pickle), and recomputing every call on each run would be worse than not noticing it.
+    """
     for name in sorted(_names(code)):
-        if name not in namespace or name.startswith("__"):
-            continue
-        value = namespace[name]
-        digest.update(name.encode() + b"=")
-        if isinstance(value, (types.ModuleType, type)):
-            digest.update(f"{getattr(value, '__name__', '')}".encode())
-        elif isinstance(value, (types.FunctionType, functools.partial, types.MethodType)):
-            digest.update(function_identity(value, dumps, depth + 1).encode())
-        elif callable(value) and not hasattr(value, "__dict__"):   # builtins and C functions: by name
-            digest.update(repr(value).encode())
-        else:
-            try:
-                canonical = sorted(value, key=repr) if isinstance(value, (set, frozenset)) else value
-                digest.update(hashlib.sha256(dumps(canonical)).digest())
-            except Exception:   # a lock, a connection: what it is, not what it holds
-                digest.update(f"{type(value).__module__}.{type(value).__qualname__}".encode())
+        value = namespace.get(name, _ABSENT)
+        if value is not _ABSENT and not name.startswith("__") and _constant(value):
+            digest.update(name.encode() + b"=" + pickle.dumps(value, protocol=5))
+
+
+_ABSENT = object()
 
 
 def _has_contents(cell: Any) -> bool:

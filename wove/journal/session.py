@@ -164,7 +164,7 @@ _SMALL_TEXT = 4096
 def _plain(value: Any, depth: int = 0) -> bool:
     """Scalars, strings and bytes, and short tuples/lists of them: what the C pickler pickles as cloudpickle
     does."""
-    if value is None or isinstance(value, (bool, int, float, complex, str, bytes)):
+    if value is None or type(value) in (bool, int, float, complex, str, bytes):   # exact types: not an IntEnum
         return True
     if type(value) in (tuple, list) and depth < 2 and len(value) <= 64:
         return all(_plain(item, depth + 1) for item in value)
