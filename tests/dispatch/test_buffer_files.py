@@ -132,7 +132,13 @@ def test_arguments_that_share_an_object_travel_together(run_dir):
     assert args == (None, None) and shared[0][1] == shared[1][1]
     loaded, _ = worker._with_shared(args, {}, shared, "")
     assert loaded[0] is loaded[1]   # f(x, x): one object in the job too
+    twin = x.copy()                 # equal, but another object: two objects in the job
+    _, _, shared_twins = inputs.split("u", func, (x, twin), {}, "t", None)
+    assert shared_twins[0][1] == shared_twins[1][1]   # one file (same contents) ...
+    loaded, _ = worker._with_shared((None, None), {}, shared_twins, "")
+    assert loaded[0] is not loaded[1]                 # ... two objects, as in the weave
     inputs.release("s")
+    inputs.release("u")
     assert not os.path.exists(shared[0][1][len(protocol.SPOOL_PREFIX):])
 
 

@@ -4,7 +4,8 @@ A mapped task whose items all take the same 100 MB init value would otherwise pi
 item. Here every top-level argument of a remote call that is not a scalar or a short string is pickled on
 its own; when that pickle (with its buffers) is larger than ``SHARED_MIN_BYTES`` it becomes a buffer file,
 named by the SHA-256 of its contents, and the payload names the argument slot and the file instead
-(``"shared": [[slot, "spool:<path>"], ...]``; the job loads it into the slot). A smaller one rides inline in
+(``"shared": [[slot, "spool:<path>"], ...]``, and ``[slot, reference, first_slot]`` for the same object
+passed again; the job loads it into the slot). A smaller one rides inline in
 the same list, as base64. The file is deleted when the last call that uses it ends (``release``).
 
 Reuse without pickling again is by identity, and only among the calls of one task (the items of a map, its
@@ -124,8 +125,13 @@ class SharedInputs:
             raise
         new_args, new_kwargs = list(args), dict(kwargs)
         shared: list[Any] = []
+        first: dict[int, Slot] = {}
         for slot, value in slots:
-            shared.append([slot, references[id(value)]])
+            if id(value) in first:   # the same object again (f(x, x)): the job gives this slot that one
+                shared.append([slot, references[id(value)], first[id(value)]])
+            else:
+                first[id(value)] = slot
+                shared.append([slot, references[id(value)]])
             if isinstance(slot, int):
                 new_args[slot] = None
             else:
@@ -166,7 +172,7 @@ class SharedInputs:
                 self._use(entry, value, run_id)
         if entry is not None:
             self.run_dir.remove(provisional)
-            return entry.reference, entry.mutable
+            return entry.reference, mutable   # (this object's own contents, not the first one's)
         file_name = f"{digest[:40]}.shared"
         with self._lock:   # (a deletion of an earlier file of that name checks ``_names`` under this lock)
             path = self.run_dir.rename(provisional, file_name)

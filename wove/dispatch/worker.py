@@ -299,17 +299,20 @@ def _with_shared(args: Any, kwargs: Any, shared: Any, version: str) -> tuple[Any
     """Put the shared inputs (spool files, or small inline pickles) into their argument slots.
 
     Each call loads its own copy (a buffer file is mapped copy-on-write again: its arrays cost nothing until
-    written), so the items of one job never see each other's changes; a field named by two slots of one call
-    (``f(x, x)``) is loaded once, so both slots hold the same object, as they did in the weave.
+    written), so the items of one job never see each other's changes; the same object in two slots of one
+    call (``f(x, x)``, marked by the weave) is loaded once, so both slots hold one object, as in the weave,
+    while two equal but distinct objects stay two.
     """
     args, kwargs = list(args), dict(kwargs)
-    loaded: dict[str, Any] = {}
-    for slot, field in shared:
-        if field in loaded:
-            value = loaded[field]
+    loaded: dict[Any, Any] = {}   # slot -> value; an entry naming a first slot is that same object
+    for entry in shared:
+        slot, field = entry[0], entry[1]
+        if len(entry) > 2:
+            value = loaded[entry[2]]
         else:
             what = "shared input" if field.startswith(protocol.SPOOL_PREFIX) else "argument"
-            value = loaded[field] = _load_field(field, what, version)
+            value = _load_field(field, what, version)
+        loaded[slot] = value
         if isinstance(slot, int):
             args[slot] = value
         else:
