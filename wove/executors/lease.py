@@ -85,12 +85,17 @@ class LeaseKeeper:
                 log.warning("wove: could not renew the lease in %s: %s", self.run_dir.path, exc)
 
     def _loop(self) -> None:
+        last_write = 0.0
         while not self._stopping.is_set():
-            if self._wake.wait(self.interval) and not self._stopping.is_set():
-                time.sleep(BATCH_SECONDS)   # the rest of a burst of submissions goes in the same write
+            if self._wake.wait(self.interval) and not self._stopping.is_set() \
+                    and time.monotonic() - last_write < BATCH_SECONDS:
+                # the rest of a burst of submissions goes in one write; the first one of a quiet spell is
+                # written at once (a driver killed right after submitting still leaves the job ids)
+                time.sleep(BATCH_SECONDS)
             self._wake.clear()
             if not self._stopping.is_set():
                 self._renew()
+                last_write = time.monotonic()
 
     async def stop(self) -> None:
         """The weave ends normally: no lease (and no trail) is left for ``wove cleanup`` to find."""
