@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import os
-import subprocess
 
 import numpy as np
 import pytest
+from tmpfs import small_tmpfs
 
 from wove import SpoolFullError
 from wove.dispatch import bufferfile, pickling, protocol, spool, worker
@@ -171,15 +171,8 @@ def test_a_spooled_result_cut_short_is_an_error_not_a_crash(run_dir):
 
 @pytest.fixture
 def tiny_tmpfs(tmp_path):
-    if os.geteuid() != 0:
-        pytest.skip("mounting a size-limited tmpfs needs root")
-    mount = tmp_path / "tiny"
-    mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m,mode=0700", "tmpfs", str(mount)], check=True)
-    try:
-        yield str(mount)
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
+    with small_tmpfs(tmp_path, "4m") as mount:
+        yield mount
 
 
 @pytest.mark.parametrize("checked_first", [True, False], ids=["free-space-check", "ENOSPC"])

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import os
-import subprocess
 import time
 
 import numpy as np
 import pytest
+from tmpfs import small_tmpfs
 
 from wove import SpoolFullError, weave
 
@@ -127,16 +127,8 @@ async def _longest_stall(data) -> tuple[float, int]:
 
 @pytest.fixture
 def small_spool(tmp_path):
-    """A 64 MB tmpfs as the spool: a full disk the test owns (needs root to mount)."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a size-limited tmpfs needs root")
-    mount = tmp_path / "small"
-    mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m,mode=0700", "tmpfs", str(mount)], check=True)
-    try:
-        yield str(mount)
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
+    with small_tmpfs(tmp_path, "64m") as mount:
+        yield mount
 
 
 def test_an_argument_too_large_for_the_spool_fails_the_task_naming_the_directory(executor, prefix, small_spool):
