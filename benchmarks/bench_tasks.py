@@ -3,3 +3,7 @@
 
 def trivial(x):
     return x
+
+
+def double(item):
+    return item * 2

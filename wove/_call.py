@@ -40,6 +40,11 @@ class RemoteCall:
     resources: Optional[dict[str, Any]] = None
     group: Optional[str] = None  # calls with the same group that become ready together may share a job
     journal_key: Optional[str] = None   # in a journaled weave: recorded as submitted once its job is known
+    #: A packed element (``wove._packed``): every item's ``(args, kwargs)``, its record made by the caller,
+    #: and the callback that takes each ``items_done`` / final ``task_result`` outcome list.
+    batch: Optional[tuple[tuple[tuple[Any, ...], dict[str, Any]], ...]] = None
+    record: Optional[Any] = None
+    on_items: Optional[Callable[[Any], None]] = None
 
 
 async def call(runtime: Runtime, name: str, func: Callable[..., Any], is_async: bool, args: tuple[Any, ...],

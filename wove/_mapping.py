@@ -123,6 +123,14 @@ async def call_each(runtime: Runtime, name: str, func: Callable[..., Any], is_as
     ``limit_per_minute`` and ``item_errors``; results in input order."""
     workers = settings["workers"]
     remote = await runtime.environment(environment)
+    if remote is not None and items:   # many items to a job: one run per element (wove._packed)
+        from . import _packed
+
+        journaled = runtime.journal is not None and settings.get("journal", True)
+        per_job = _packed.eligible(runtime, remote, settings, resources, bind(items[0]), journaled)
+        if per_job:
+            return await _packed.run_packed(runtime, remote, name, func, items, bind, settings, resources, per_job,
+                                            group=name)
     native = remote is not None and remote.handles_workers(len(items), settings)  # e.g. Slurm's %N
     semaphore = asyncio.Semaphore(workers) if workers and not native else None
     limiter = _RateLimiter(settings["limit_per_minute"]) if settings["limit_per_minute"] else None
@@ -236,12 +244,30 @@ def settle(runtime: Runtime, name: str, items: list[Any], outcomes: list[Any],
     return [outcome.error if isinstance(outcome, _Failed) else outcome for outcome in outcomes]
 
 
-def _note_failure(runtime: Runtime, name: str, index: int, item: Any, error: BaseException) -> None:
+def settle_packed(runtime: Runtime, name: str, items: list[Any], outcomes: list[Any], settings: dict[str, Any],
+                  job_ids: dict[int, Optional[str]]) -> list[Any]:
+    """``settle`` for a packed map, whose failed items' job ids are known (no search through its records)."""
+    failed = [index for index, outcome in enumerate(outcomes) if isinstance(outcome, _Failed)]
+    if not failed:
+        return outcomes
+    for index in failed:
+        _note_failure(runtime, name, index, items[index], outcomes[index].error, job_id=job_ids.get(index))
+    if settings.get("item_errors") == "skip":
+        return [outcome for outcome in outcomes if not isinstance(outcome, _Failed)]
+    return [outcome.error if isinstance(outcome, _Failed) else outcome for outcome in outcomes]
+
+
+_UNKNOWN = object()
+
+
+def _note_failure(runtime: Runtime, name: str, index: int, item: Any, error: BaseException,
+                  job_id: Any = _UNKNOWN) -> None:
     """List one failed item on ``w.result.errors`` with the job id of its last attempt (remote items)."""
-    job_id = None
-    attempts = [r for r in runtime.result._jobs.get(name, ()) if r.map_index == index]
-    if attempts:
-        job_id = max(attempts, key=lambda r: r.attempt).job_id
+    if job_id is _UNKNOWN:
+        job_id = None
+        attempts = [r for r in runtime.result._jobs.get(name, ()) if r.map_index == index]
+        if attempts:
+            job_id = max(attempts, key=lambda r: r.attempt).job_id
     runtime.result._add_item_error(ItemError(task=name, index=index, item=item, exception=error, job_id=job_id))
 
 

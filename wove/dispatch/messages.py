@@ -73,6 +73,9 @@ class RunTask(_Frame):
     group: Optional[str] = None      # calls of one group that become ready together may share a job
     workers: Optional[int] = None    # a mapped task's ``workers`` (an array throttle, for Slurm)
     record: Optional[RunRecord] = None   # the run's introspection record; adapters fill in job details
+    #: A packed element: the ``(args, kwargs)`` of each of its items, run in one job (``args`` is unused);
+    #: its outcomes come as ``items_done`` events and the final ``task_result`` (see ``dispatch.batch``).
+    batch: Optional[tuple[tuple[tuple[Any, ...], dict[str, Any]], ...]] = None
     type: str = field(default="run_task", init=False)
 
 
@@ -98,7 +101,7 @@ class Shutdown(_Frame):
 
 Command = Union[RunTask, CancelTask, Shutdown]
 
-EVENT_KINDS = ("task_started", "task_result", "task_error", "task_cancelled", "heartbeat")
+EVENT_KINDS = ("task_started", "task_result", "task_error", "task_cancelled", "heartbeat", "items_done")
 
 
 @dataclass(frozen=True, eq=False)

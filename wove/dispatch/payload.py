@@ -14,13 +14,14 @@ hop would cost more than the work).
 
 from __future__ import annotations
 
+import _pickle
 import asyncio
 import concurrent.futures
 import functools
 import json
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Callable, Optional
 
 from ..errors import MissingDispatchFeatureError
@@ -59,6 +60,14 @@ def _small_value(value: Any) -> bool:
     return isinstance(value, _SCALARS) or (isinstance(value, (str, bytes)) and len(value) <= _SMALL_VALUE)
 
 
+_PLAIN = (type(None), bool, int, float, complex, str, bytes)
+
+
+def _plain(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> bool:
+    """Arguments the C pickler writes exactly as cloudpickle would (no class or function references)."""
+    return all(type(value) in _PLAIN for value in args) and all(type(value) in _PLAIN for value in kwargs.values())
+
+
 def _small(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> bool:
     """Arguments cheap enough to pickle on the event loop (no thread hop), and never shared inputs."""
     return all(_small_value(value) for value in (*args, *kwargs.values()))
@@ -79,15 +88,21 @@ class PayloadBuilder:
 
     async def build(self, *, run_id: str, task_id: Optional[str], task_name: Optional[str],
                     func: Callable[..., Any], args: tuple[Any, ...], kwargs: Mapping[str, Any],
-                    delivery: Mapping[str, Any], mapped: bool) -> dict[str, Any]:
+                    delivery: Mapping[str, Any], mapped: bool,
+                    batch: Optional[Sequence[tuple[tuple[Any, ...], dict[str, Any]]]] = None) -> dict[str, Any]:
         """The payload for one run: pickled on the loop when tiny, else in this builder's thread.
 
         The items of one mapped task share their function's pickle, made once: every item waits for that
-        one pickle and then all are ready together (so they can still go out as one job array).
+        one pickle and then all are ready together (so they can still go out as one job array). A packed
+        element (``batch``: each item's arguments) is one payload whose arguments are the list of them.
         """
-        pickling.warn_open_files(func, args, kwargs, task_name, task_id)
         if self._thread is None:
             self._thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="wove-payload")
+        if batch is not None:
+            shared_fn = await self._shared_callable(func, task_name)
+            return await self._owned(run_id, asyncio.get_running_loop().run_in_executor(
+                self._thread, self._assemble_batch, run_id, task_id, task_name, func, shared_fn, batch, delivery))
+        pickling.warn_open_files(func, args, kwargs, task_name, task_id)
         shared: Optional[str] = None
         if mapped:
             shared = await self._shared_callable(func, task_name)
@@ -190,6 +205,42 @@ class PayloadBuilder:
             payload["shared"] = inputs
         if inputs or protocol.SPOOL_PREFIX in (payload["callable_pickle"][:6], payload["args_pickle"][:6]):
             payload["version"] = protocol.PAYLOAD_VERSION_BUFFERS   # a job that cannot read them refuses it
+        return payload
+
+    def _assemble_batch(self, run_id: str, task_id: Optional[str], task_name: Optional[str],
+                        func: Callable[..., Any], shared: str,
+                        batch: Sequence[tuple[tuple[Any, ...], dict[str, Any]]],
+                        delivery: Mapping[str, Any]) -> dict[str, Any]:
+        """A packed element's payload: the function's shared pickle and one list of every item's arguments
+        (the C pickler when every argument is a plain number or string, cloudpickle otherwise)."""
+        calls = list(batch)
+        try:
+            if all(_plain(args, kwargs) for args, kwargs in calls):
+                buffers: list[Any] = []
+                main = _pickle.dumps(calls, protocol=5, buffer_callback=buffers.append)
+                pickled: tuple[bytes, list[memoryview]] = (main, [b.raw() for b in buffers])
+            else:
+                pickled = pickling.dumps_buffers(calls)
+        except Exception:   # name the item and argument that cannot be pickled
+            for args, kwargs in calls:
+                pickling.pickle_arguments(func, args, kwargs, task_name, task_id)
+            raise
+        delivery = dict(delivery)
+        if self.post_timeout:
+            delivery["post_timeout"] = self.post_timeout
+        payload = {
+            **self.static,
+            "run_id": run_id,
+            "task_id": task_id,
+            "task_name": task_name,
+            "callable_pickle": shared,
+            "args_pickle": self._field(pickled, args_name(run_id), lambda: pickling.dumps(calls)),
+            "batch": len(calls),
+            "delivery": delivery,
+            "signing": {"alg": "hmac-sha256", "key": protocol.new_key()},
+            # A job of an older wove would run the list as one item's arguments: it must refuse the payload.
+            "version": protocol.PAYLOAD_VERSION_BUFFERS,
+        }
         return payload
 
     def _field(self, pickled: tuple[bytes, list[memoryview]], name: str, in_band: Callable[[], bytes]) -> str:

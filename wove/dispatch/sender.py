@@ -22,6 +22,7 @@ DEFAULT_POST_SECONDS = 60.0
 # the events go to the spool.
 FALLBACK_AFTER_SECONDS = 3.0
 FILE_EVENT_INLINE_BYTES = 4 * 1024 * 1024   # filesystem channel: larger results get a file of their own
+_RESULT_EVENTS = ("task_result", "items_done")   # events whose result may move to a spool file
 
 
 class EventSender:
@@ -42,6 +43,7 @@ class EventSender:
         self._connection = connection
         self.undelivered: Optional[str] = None
         self.spooled: Optional[str] = None   # why events went to the spool instead of over HTTP
+        self.parts = 0   # flushes of a packed element (dispatch.batch): each spooled one needs its own file
 
     def _conn(self) -> Connection:
         if self._connection is None:
@@ -58,7 +60,7 @@ class EventSender:
             # Large results go to a raw file of their own (HTTP: above the receiver's body limit); the event
             # then carries its signed digest, so the weave never parses megabytes of JSON to get them.
             limit = self.max_body if self.channel == "http" else FILE_EVENT_INLINE_BYTES
-            if event == "task_result" and limit and len(body) > limit:
+            if event in _RESULT_EVENTS and limit and len(body) > limit:
                 spooled = self._spool_result(frame)
                 if spooled is None:
                     return False
@@ -143,13 +145,17 @@ class EventSender:
         ``UnsafeSpoolError`` for a spool directory that is not this user's alone.
         """
         spool_dir = str(self.payload.get("spool_dir") or "")
-        path, digest = spool.write_private_digest(spool_dir, spool.result_name(self.run_id, self.incarnation),
+        path, digest = spool.write_private_digest(spool_dir, self._result_name(),
                                                   chunks, digest=True)
         size = sum(memoryview(chunk).nbytes for chunk in chunks)
         ref = {"path": path, "sha256": digest, "size": size}
         if kind != "pickle":   # a plain pickle's reference reads as it always did
             ref["format"] = kind
         return ref
+
+    def _result_name(self) -> str:
+        name = spool.result_name(self.run_id, self.incarnation)
+        return name if self.parts <= 1 else f"{name[:-len('.result')]}.{self.parts}.result"
 
     def _spool_result(self, frame: dict[str, Any]) -> Optional[bytes]:
         """Move the result pickle into a spool file; ``None`` (and ``undelivered`` set) if that is refused."""
@@ -159,7 +165,7 @@ class EventSender:
             raise RuntimeError("the result is larger than the callback body limit and no spool_dir is set")
         try:
             # Into the run's own directory only, checked to be this user's alone (never through a symlink).
-            path = spool.write_private(spool_dir, spool.result_name(self.run_id, self.incarnation), data)
+            path = spool.write_private(spool_dir, self._result_name(), data)
         except spool.UnsafeSpoolError as exc:
             self.undelivered = f"could not spool the result of {self.run_id}: {exc}"
             return None

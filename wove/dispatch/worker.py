@@ -173,7 +173,14 @@ def execute(payload: dict[str, Any], *, sender: Optional[EventSender] = None,
         try:
             version = str(payload.get("cloudpickle") or "")
             func = _load_field(payload["callable_pickle"], "function", version)
-            args, kwargs = _load_field(payload["args_pickle"], "arguments", version)
+            loaded = _load_field(payload["args_pickle"], "arguments", version)
+            if payload.get("batch"):   # a packed element: its items' arguments, one pair per item
+                calls = loaded
+                if not isinstance(calls, list) or len(calls) != payload["batch"]:
+                    raise ValueError(f"the payload lists {payload['batch']} items but holds "
+                                     f"{len(calls) if isinstance(calls, list) else type(calls).__name__}")
+            else:
+                args, kwargs = loaded
             if payload.get("shared"):
                 args, kwargs = _with_shared(args, kwargs, payload["shared"], version)
         except Exception as exc:
@@ -181,31 +188,47 @@ def execute(payload: dict[str, Any], *, sender: Optional[EventSender] = None,
                 f"could not load task {payload.get('task_name')!r} in the job: {type(exc).__name__}: {exc}. "
                 "Install your code and its dependencies in the job environment."))
             return EXIT_TASK_FAILED if sender.send("task_error", fields) else EXIT_UNDELIVERED
-        try:
-            value = func(*args, **kwargs)
-            if hasattr(value, "__await__"):
-                import asyncio
+        if payload.get("batch"):
+            from . import batch
 
-                async def _await() -> Any:
-                    return await value
-                value = asyncio.run(_await())
-        except WorkerSignal:
-            raise
-        except BaseException as exc:   # SystemExit and KeyboardInterrupt in a task are its outcome too
-            outcome, fields, code = "task_error", _error_fields(exc), EXIT_TASK_FAILED
+            outcome, fields, all_ok = batch.run(func, calls, sender, _error_fields,
+                                                lambda value, exc: unpicklable_result(payload, value, exc))
+            if outcome == batch.EVENT:   # a flush could not be delivered: nobody collects the rest
+                return EXIT_UNDELIVERED
+            code = EXIT_OK if all_ok else EXIT_TASK_FAILED
         else:
-            try:
-                outcome, fields, code = "task_result", _result_fields(value, sender), EXIT_OK
-            except _SpoolRefused as refused:   # no room in the spool (SpoolFullError), or a spool not ours
-                outcome, fields, code = "task_error", _error_fields(refused.error, source="spool"), EXIT_TASK_FAILED
-            except Exception as exc:
-                outcome, fields, code = "task_error", unpicklable_result(payload, value, exc), EXIT_TASK_FAILED
+            outcome, fields, code = _run_one(payload, func, args, kwargs, sender)
     finally:
         if heartbeat is not None:
             heartbeat.stopped.set()
     if before_outcome is not None:
         before_outcome()
     return code if sender.send(outcome, fields) else EXIT_UNDELIVERED
+
+
+def _run_one(payload: dict[str, Any], func: Callable[..., Any], args: Any, kwargs: Any,
+             sender: EventSender) -> tuple[str, dict[str, Any], int]:
+    """Call the task once: its outcome event, the event's fields and the job's exit code."""
+    try:
+        value = func(*args, **kwargs)
+        if hasattr(value, "__await__"):
+            import asyncio
+
+            async def _await() -> Any:
+                return await value
+            value = asyncio.run(_await())
+    except WorkerSignal:
+        raise
+    except BaseException as exc:   # SystemExit and KeyboardInterrupt in a task are its outcome too
+        outcome, fields, code = "task_error", _error_fields(exc), EXIT_TASK_FAILED
+    else:
+        try:
+            outcome, fields, code = "task_result", _result_fields(value, sender), EXIT_OK
+        except _SpoolRefused as refused:   # no room in the spool (SpoolFullError), or a spool not ours
+            outcome, fields, code = "task_error", _error_fields(refused.error, source="spool"), EXIT_TASK_FAILED
+        except Exception as exc:
+            outcome, fields, code = "task_error", unpicklable_result(payload, value, exc), EXIT_TASK_FAILED
+    return outcome, fields, code
 
 
 def _stop_orphaned(reason: str) -> None:

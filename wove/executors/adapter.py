@@ -175,6 +175,18 @@ class BackendAdapterEnvironmentExecutor(Reattach, EnvironmentExecutor):
         """The host name workers are told to call back, when ``callback_url`` is not set."""
         return bind_host
 
+    def items_per_job(self, resources: Optional[dict[str, Any]]) -> int:
+        """Items of a mapped task one job runs (the adapter's packing), 1 when it does not pack."""
+        size = getattr(self.adapter, "items_per_job", None)
+        return int(size(resources)) if size is not None else 1
+
+    def load_value(self, data: bytes) -> Any:
+        """A packed item's result pickle, unpickled like any result (restricted per ``unpickle_allow``)."""
+        from ..dispatch import events
+
+        allowed = self._gate.allowed_modules if self._gate is not None else None
+        return events.loads(data) if allowed is None else events.restricted_loads(data, allowed)
+
     def adjust_for_retry(self, exc: BaseException, resources: Optional[dict[str, Any]],
                          settings: dict[str, Any]) -> Optional[dict[str, Any]]:
         adjust = getattr(self.adapter, "adjust_for_retry", None)
@@ -344,7 +356,7 @@ class BackendAdapterEnvironmentExecutor(Reattach, EnvironmentExecutor):
         return await builder.build(
             run_id=frame["run_id"], task_id=frame.get("task_id"), task_name=frame.get("task_name"),
             func=frame["callable"], args=tuple(args), kwargs=dict(kwargs), delivery=frame.get("delivery") or {},
-            mapped=frame.get("map_index") is not None)
+            mapped=frame.get("map_index") is not None, batch=frame.get("batch"))
 
     def encode_payload(self, payload: dict[str, Any]) -> str:
         threshold = int(self._config.get("spool_threshold") or DEFAULT_SPOOL_THRESHOLD)

@@ -59,3 +59,45 @@ class RunRecord:
         if self.started_at is None or self.finished_at is None:
             return None
         return max(0.0, self.finished_at - self.started_at)
+
+
+class ItemRecord:
+    """One item of a packed element (many items in one job), as ``w.result.jobs`` shows it: reads like a
+    ``RunRecord`` (same attributes), but keeps only what differs per item and takes the rest (job id, node,
+    pending reason, times...) from the element's record. About 100 bytes instead of a RunRecord's ~1 KB, so
+    a million-item sweep's records stay small."""
+
+    __slots__ = ("_finished_at", "_outcome", "_state", "attempt", "element", "map_index")
+
+    def __init__(self, element: RunRecord, map_index: int, attempt: int = 0):
+        self.element = element
+        self.map_index = map_index
+        self.attempt = attempt
+        self._outcome = ""
+        self._state = ""
+        self._finished_at: Optional[float] = None
+
+    def settle(self, outcome: str, state: str, finished_at: Optional[float]) -> None:
+        """This item's own outcome (``result``, ``error``, ``cancelled``), state and end time."""
+        self._outcome, self._state, self._finished_at = outcome, state, finished_at
+
+    @property
+    def outcome(self) -> str:
+        return self._outcome
+
+    @property
+    def state(self) -> str:
+        return self._state or self.element.state
+
+    @property
+    def finished_at(self) -> Optional[float]:
+        return self._finished_at
+
+    def __getattr__(self, name: str) -> Any:   # task, run_id, job_id, node, reason, details, stderr_path...
+        if name.startswith("_") or name == "element":   # never recurse (e.g. while being unpickled)
+            raise AttributeError(name)
+        return getattr(self.element, name)
+
+    def __repr__(self) -> str:
+        return (f"ItemRecord(task={self.element.task!r}, map_index={self.map_index}, attempt={self.attempt}, "
+                f"job_id={self.element.job_id!r}, state={self.state!r}, outcome={self.outcome!r})")

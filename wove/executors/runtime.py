@@ -114,7 +114,7 @@ class RemoteEnvironment:
                 idempotency_key=_idempotency_key(settings["delivery_idempotency_key"], call),
                 cancel_mode=settings["delivery_cancel_mode"], orphan_policy=settings["delivery_orphan_policy"]),
             attempt=call.attempt, map_index=call.map_index, resources=call.resources, group=call.group,
-            workers=settings["workers"], record=record)
+            workers=settings["workers"], record=record, batch=call.batch)
 
     async def _run(self, call: RemoteCall, adopt: Optional[Mapping[str, Any]] = None) -> Any:
         if self._closed is not None:
@@ -122,8 +122,12 @@ class RemoteEnvironment:
                 f"environment {self.name!r} is no longer usable: {self._closed}") from self._closed
         loop = asyncio.get_running_loop()
         run_id = str(adopt["run_id"]) if adopt is not None else uuid.uuid4().hex
-        record = RunRecord(task=call.task_name, run_id=run_id, environment=self.name, attempt=call.attempt,
-                           map_index=call.map_index, submitted_at=time.time())
+        if call.record is not None:   # a packed element's, made by its caller (whose item records read it)
+            record = call.record
+            record.run_id, record.submitted_at = run_id, time.time()
+        else:
+            record = RunRecord(task=call.task_name, run_id=run_id, environment=self.name, attempt=call.attempt,
+                               map_index=call.map_index, submitted_at=time.time())
         if call.records is not None:
             call.records.append(record)
         run = _Run(run_id, call, loop.create_future(), record)
@@ -286,10 +290,15 @@ class RemoteEnvironment:
             record.state = "RUNNING"
             record.node = event.node or event.host or record.node
             record.job_id = record.job_id or event.job_id
+        elif kind == "items_done":
+            self._items_done(run, event.result)
         elif kind == "task_result":
             record.state, record.outcome = "COMPLETED", "result"
             record.finished_at = time.time()
-            run.future.set_result(event.result)
+            if run.call.on_items is None:
+                run.future.set_result(event.result)
+            elif self._items_done(run, event.result):
+                run.future.set_result(None)
         elif kind == "task_error":
             record.state = record.state if record.state not in ("RUNNING", "SUBMITTED") else "FAILED"
             record.outcome = "error"
@@ -305,6 +314,38 @@ class RemoteEnvironment:
                 "Cancelled", f"the remote run of task {run.call.task_name!r} was cancelled{why} "
                 f"(environment {self.name!r})", source="executor")
             run.future.set_exception(rebuild_exception(event.exception, error))
+
+    def _items_done(self, run: _Run, outcomes: Any) -> bool:
+        """Hand a packed element's outcome list to its caller; a list it cannot read fails the element."""
+        on_items = run.call.on_items
+        if on_items is None:
+            return False
+        try:
+            on_items(outcomes)
+        except Exception as exc:
+            log.exception("wove: unreadable outcomes from run %s of task %r", run.run_id, run.call.task_name)
+            if not run.future.done():
+                run.future.set_exception(EnvironmentExecutionError(
+                    f"the outcomes reported by run {run.run_id} of task {run.call.task_name!r} could not be "
+                    f"read: {type(exc).__name__}: {exc}",
+                    payload=error_dict(type(exc).__name__, str(exc), source="transport")))
+            return False
+        return True
+
+    def batch_size(self, resources: Optional[dict[str, Any]]) -> int:
+        """How many items of a mapped task go to one job here (``items_per_job``): above 1, the map can go
+        out as packed elements (``wove._packed``)."""
+        size = getattr(self.executor, "items_per_job", None)
+        return int(size(resources)) if size is not None else 1
+
+    def load_value(self, data: bytes) -> Any:
+        """Unpickle one packed item's result the way this environment rebuilds results (``unpickle_allow``)."""
+        load = getattr(self.executor, "load_value", None)
+        if load is not None:
+            return load(data)
+        import pickle
+
+        return pickle.loads(data)
 
     def _fail(self, run: _Run, exception: Any, error: dict[str, Any]) -> None:
         """Fail ``run`` with the rebuilt exception, carrying its job's log paths and stderr tail if it had a

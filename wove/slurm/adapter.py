@@ -122,6 +122,16 @@ class SlurmAdapter(BackendAdapter):
         task_resources = resources.merge(self.env_resources, frame.get("resources"))
         return await self.submitter.submit(payload, frame, task_resources)
 
+    def items_per_job(self, task_resources: Optional[dict[str, Any]]) -> int:
+        """Items of a mapped task one array element runs (``items_per_job``; 1 without arrays or with a
+        custom ``submit``, which gets one payload per item)."""
+        if self.custom_submit is not None:
+            return 1
+        merged = resources.merge(self.env_resources, task_resources)
+        if not merged.get("arrays", self.arrays):
+            return 1
+        return max(1, int(merged.get("items_per_job") or self.submitter.per_job))
+
     async def _custom_submit(self, payload: dict[str, Any], frame: Mapping[str, Any]) -> str:
         # Its own task, so a caller cancelled mid-submission cannot lose a job that got submitted anyway.
         task = asyncio.get_running_loop().create_task(self._call_custom_submit(payload, frame))

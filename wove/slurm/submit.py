@@ -98,14 +98,16 @@ class Submitter:
 
     async def submit(self, payload: dict[str, Any], frame: Mapping[str, Any], task_resources: dict[str, Any]) -> str:
         """Queue ``payload`` in its batch; return its job key (``123`` or ``123_4``) once submitted."""
-        batch_key = f"{frame.get('group') or frame.get('task_name')}|{resources.signature(task_resources)}"
+        packed = frame.get("batch") is not None   # one payload for many items already: one per element
+        batch_key = (f"{frame.get('group') or frame.get('task_name')}|{resources.signature(task_resources)}"
+                     f"{'|packed' if packed else ''}")
         loop = asyncio.get_running_loop()
         batch = self._batches.get(batch_key)
         if batch is None:
             batch = self._batches[batch_key] = Batch(
                 str(frame.get("task_name")), task_resources, frame.get("workers"),
                 arrays=bool(task_resources.get("arrays", self.use_arrays)),
-                per_job=max(1, int(task_resources.get("items_per_job") or self.per_job)))
+                per_job=1 if packed else max(1, int(task_resources.get("items_per_job") or self.per_job)))
             loop.call_later(BATCH_WINDOW, self._start_flush, batch_key)
         item = Item(payload, frame, loop.create_future())
         batch.items.append(item)

@@ -1,0 +1,269 @@
+"""Packed maps: a mapped task whose environment runs many items per job sends one run per *element*.
+
+With ``items_per_job=K`` a map of N items is N/K runs, not N: each element's payload carries the function
+once and its K items' arguments as one list, and the job reports its items' outcomes in batches
+(``wove.dispatch.batch``). The driver keeps per item only its outcome slot and a small ``ItemRecord``, so a
+million-item sweep costs microseconds and about a hundred bytes of bookkeeping per item.
+
+Per-item semantics stay those of ``_mapping.call_each``: an item that raised is retried (up to ``retries``)
+in a new run of its own failed items; an element that dies (out of memory, time limit, node failure...) keeps
+the items it reported and fails or retries the rest with the real cause (with more memory for
+``oom_retry_factor``); ``item_errors`` decides whether a final failure cancels the map (``"raise"``) or is
+kept at its index. Maps this path cannot honour item by item (a per-item ``timeout``, ``workers``,
+``limit_per_minute``, ``delivery_timeout``, a journal...) take the per-item path (``eligible``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+from typing import Any, Callable, Optional
+
+from ._call import RemoteCall
+from ._mapping import _Failed, settle_packed
+from .dispatch.error_payload import rebuild_exception
+from .executors import joblogs
+from .executors.records import ItemRecord, RunRecord
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from ._scheduler import Runtime
+    from .executors.runtime import RemoteEnvironment
+
+_PENDING = object()
+#: Results of one flush larger than this are unpickled in a thread, not on the event loop.
+_DECODE_IN_THREAD_BYTES = 1 << 20
+_SMALL = 4096
+
+
+def eligible(runtime: Runtime, remote: Optional[RemoteEnvironment], settings: dict[str, Any],
+             resources: Optional[dict[str, Any]], first_call: Optional[tuple[tuple[Any, ...], dict[str, Any]]],
+             journaled: bool) -> int:
+    """Items per element when this map can go out packed, else 0 (take the per-item path)."""
+    if remote is None or first_call is None or journaled:
+        return 0
+    if settings["timeout"] is not None or settings["workers"] or settings["limit_per_minute"]:
+        return 0
+    if settings["delivery_timeout"] or settings["delivery_idempotency_key"] is not None:
+        return 0
+    if settings["delivery_orphan_policy"] == "detach":
+        return 0
+    if runtime.resolver.task_value("delivery_max_in_flight", {}, remote.name):
+        return 0
+    size = remote.batch_size(resources)
+    if size <= 1:
+        return 0
+    args, kwargs = first_call
+    # Large inputs every item shares travel once per run directory on the per-item path (shared inputs);
+    # packed, they would be pickled into every element.
+    if not all(_small(value) for value in (*args, *kwargs.values())):
+        return 0
+    return size
+
+
+def _small(value: Any) -> bool:
+    if isinstance(value, (type(None), bool, int, float, complex)):
+        return True
+    if isinstance(value, (str, bytes)):
+        return len(value) <= _SMALL
+    if isinstance(value, tuple) and len(value) <= 16:
+        return all(_small(part) for part in value)
+    return False
+
+
+class _Map:
+    """One packed map's state: each item's outcome slot and record, the element runs in flight."""
+
+    def __init__(self, runtime: Runtime, remote: RemoteEnvironment, name: str, func: Callable[..., Any],
+                 items: list[Any], bind: Callable[[Any], tuple[tuple[Any, ...], dict[str, Any]]],
+                 settings: dict[str, Any], per_job: int, group: str):
+        self.runtime, self.remote, self.name, self.func = runtime, remote, name, func
+        self.items, self.bind, self.settings, self.per_job, self.group = items, bind, settings, per_job, group
+        self.outcomes: list[Any] = [_PENDING] * len(items)
+        self.job_ids: dict[int, Optional[str]] = {}   # failed items: their last attempt's job
+        self.records = runtime.result._jobs.setdefault(name, [])
+        self.raise_first = (settings.get("item_errors") or "raise") == "raise"
+        self.failure: Optional[tuple[int, BaseException, RunRecord]] = None
+        self.tasks: list[asyncio.Task[None]] = []
+
+    async def run(self, resources: Optional[dict[str, Any]]) -> list[Any]:
+        loop = asyncio.get_running_loop()
+        indices = range(len(self.items))
+        for start in range(0, len(self.items), self.per_job):
+            chunk = list(indices[start:start + self.per_job])
+            self.tasks.append(loop.create_task(self.element(chunk, 0, resources)))
+        try:
+            await asyncio.gather(*self.tasks, return_exceptions=True)
+        except BaseException:   # the map itself was cancelled: stop every element, then go
+            for task in self.tasks:
+                task.cancel()
+            await asyncio.gather(*self.tasks, return_exceptions=True)
+            raise
+        if self.failure is not None:
+            _, exc, record = self.failure
+            await _attach_logs([exc], record)
+            raise exc
+        for task in self.tasks:   # an element task that failed outside its items (a bug) must not be lost
+            if not task.cancelled() and task.exception() is not None:
+                raise task.exception()  # type: ignore[misc]
+        return self.outcomes
+
+    def stop(self, index: int, exc: BaseException, record: RunRecord) -> None:
+        """``item_errors="raise"``: the first final failure cancels the rest of the map."""
+        if self.failure is None:
+            self.failure = (index, exc, record)
+            from ._mapping import _note_failure
+
+            _note_failure(self.runtime, self.name, index, self.items[index], exc, job_id=self.job_ids.get(index))
+            for task in self.tasks:
+                task.cancel()
+
+    async def element(self, indices: list[int], attempt: int, resources: Optional[dict[str, Any]]) -> None:
+        """One element run of ``indices`` (and, after it, the run of its items to retry)."""
+        name, remote = self.name, self.remote
+        record = RunRecord(task=name, run_id="", environment=remote.name, attempt=attempt,
+                           submitted_at=time.time())
+        item_records = [ItemRecord(record, index, attempt) for index in indices]
+        self.records.extend(item_records)
+        reported = [False] * len(indices)
+        again: list[int] = []          # items that raised, to retry with the same resources
+        failures: list[BaseException] = []   # their exceptions, which get the job's logs
+        decoding: list[asyncio.Future[Any]] = []
+        retries = self.settings["retries"]
+
+        def done(position: int, ok: bool, data: Any, error: Optional[BaseException] = None) -> None:
+            if position < 0 or position >= len(indices) or reported[position]:
+                return
+            reported[position] = True
+            index = indices[position]
+            now = time.time()
+            if ok:
+                self.outcomes[index] = data
+                item_records[position].settle("result", "COMPLETED", now)
+                return
+            assert error is not None
+            failures.append(error)
+            item_records[position].settle("error", "FAILED", now)
+            self.job_ids[index] = record.job_id
+            if attempt < retries:
+                again.append(index)
+            else:
+                self.final(index, error, record)
+
+        def decode(outcomes: Any) -> list[tuple[int, bool, Any, Optional[BaseException]]]:
+            decoded: list[tuple[int, bool, Any, Optional[BaseException]]] = []
+            for position, ok, data in outcomes:
+                if ok:
+                    try:
+                        decoded.append((position, True, remote.load_value(data), None))
+                    except Exception as exc:
+                        decoded.append((position, False, None, _unreadable(name, exc)))
+                else:
+                    decoded.append((position, False, None, _rebuild(data, record, remote)))
+            return decoded
+
+        def on_items(outcomes: Any) -> None:
+            if not isinstance(outcomes, list):
+                raise ValueError(f"an element's outcomes must be a list, not {type(outcomes).__name__}")
+            size = sum(len(entry[2]) for entry in outcomes if entry[1] and isinstance(entry[2], (bytes, bytearray)))
+            if size > _DECODE_IN_THREAD_BYTES:   # large results: unpickle them off the event loop
+                future = asyncio.ensure_future(asyncio.to_thread(decode, outcomes))
+
+                def apply(task: asyncio.Future[Any]) -> None:
+                    if not task.cancelled() and task.exception() is None:
+                        for entry in task.result():
+                            done(*entry)
+                future.add_done_callback(apply)
+                decoding.append(future)
+                return
+            for entry in decode(outcomes):
+                done(*entry)
+
+        call = RemoteCall(name, self.func, (), {}, self.settings, attempt=attempt, records=None,
+                          resources=resources, group=self.group,
+                          batch=tuple(self.bind(self.items[index]) for index in indices),
+                          record=record, on_items=on_items)
+        element_error: Optional[BaseException] = None
+        try:
+            await remote.run(call)
+        except asyncio.CancelledError:
+            for position in range(len(indices)):
+                if not reported[position]:
+                    item_records[position].settle("cancelled", "CANCELLED", time.time())
+            raise
+        except Exception as exc:
+            element_error = exc
+        if decoding:
+            await asyncio.gather(*decoding, return_exceptions=True)
+        await _attach_logs(failures if element_error is None else [*failures, element_error], record)
+        if element_error is not None:   # the element ended without reporting these: the real cause
+            lost = [position for position in range(len(indices)) if not reported[position]]
+            retry_lost: list[int] = []
+            for position in lost:
+                reported[position] = True
+                index = indices[position]
+                item_records[position].settle(record.outcome or "error", record.state or "FAILED", time.time())
+                self.job_ids[index] = record.job_id
+                if attempt < retries:
+                    retry_lost.append(index)
+                else:
+                    self.final(index, element_error, record)
+            if retry_lost:
+                bigger = remote.adjust_for_retry(element_error, resources, self.settings)
+                await self.element(retry_lost, attempt + 1, bigger)
+        if again:
+            await self.element(again, attempt + 1, resources)
+
+    def final(self, index: int, error: BaseException, record: RunRecord) -> None:
+        if self.raise_first:
+            self.stop(index, error, record)
+        else:
+            self.outcomes[index] = _Failed(error)
+
+
+def _rebuild(fields: Any, record: RunRecord, remote: RemoteEnvironment) -> BaseException:
+    """An item's exception from its error fields (the job's traceback text, and the pickled exception when
+    it can be rebuilt here)."""
+    if not isinstance(fields, dict):
+        return RuntimeError(f"malformed item outcome: {type(fields).__name__}")
+    exception = None
+    encoded = fields.get("exception_pickle")
+    if isinstance(encoded, str):
+        try:
+            exception = remote.load_value(base64.b64decode(encoded))
+        except Exception:
+            exception = None
+    error: dict[str, Any] = fields["error"] if isinstance(fields.get("error"), dict) else {}
+    return rebuild_exception(exception if isinstance(exception, BaseException) else None, error)
+
+
+def _unreadable(name: str, exc: Exception) -> BaseException:
+    from .errors import EnvironmentExecutionError
+
+    return EnvironmentExecutionError(
+        f"an item of task {name!r} finished but its result could not be unpickled in the weave process: "
+        f"{type(exc).__name__}: {exc}")
+
+
+async def _attach_logs(failures: list[BaseException], record: RunRecord) -> None:
+    """Give each failed item's exception its job (``exc.wove_job``: log paths and the stderr tail, read once
+    for the element, in a thread)."""
+    failures = [exc for exc in failures if getattr(exc, "wove_job", None) is None]
+    if not failures or not (record.job_id or record.stderr_path):
+        return
+    text = await asyncio.to_thread(joblogs.tail, record.stderr_path)
+    logs = joblogs.JobLogs(record.job_id, record.node, record.stdout_path, record.stderr_path, text)
+    for exc in failures:
+        joblogs.attach(exc, logs, note=getattr(exc, "stderr_tail", None) is None)
+
+
+async def run_packed(runtime: Runtime, remote: RemoteEnvironment, name: str, func: Callable[..., Any],
+                     items: list[Any], bind: Callable[[Any], tuple[tuple[Any, ...], dict[str, Any]]],
+                     settings: dict[str, Any], resources: Optional[dict[str, Any]], per_job: int,
+                     group: Optional[str] = None) -> list[Any]:
+    """Run a mapped task's items as packed elements of ``per_job`` items; results in input order, settled
+    per ``item_errors``."""
+    packed = _Map(runtime, remote, name, func, items, bind, settings, per_job, group or name)
+    outcomes = await packed.run(resources)
+    return settle_packed(runtime, name, items, outcomes, settings, packed.job_ids)

@@ -1,0 +1,93 @@
+"""Job side of a packed element: run many items of one mapped task and report their outcomes in batches.
+
+A packed Slurm element gets one payload for all its items (the function once, the items' arguments as one
+list) and reports with one signed ``items_done`` event per flush, at least every ``FLUSH_SECONDS`` while
+items finish, and the rest in its final ``task_result``. Each outcome is ``(position, True, value pickle)``
+or ``(position, False, error fields)``, the position being the item's place in the payload's list; values
+are pickled one by one, so one the weave cannot rebuild fails only its own item. When the job is told to
+stop (``WorkerSignal``), what finished is flushed first: the weave keeps those items and fails only the rest.
+
+Job side, like ``worker``: only cheap standard-library modules at import.
+"""
+
+from __future__ import annotations
+
+import time
+
+from .transfer import _dumps, _result_fields, _SpoolRefused
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Callable
+
+    from .sender import EventSender
+
+FLUSH_SECONDS = 1.0
+EVENT = "items_done"
+
+
+def run(func: Callable[..., Any], calls: list[tuple[tuple[Any, ...], dict[str, Any]]], sender: EventSender,
+        error_fields: Callable[[BaseException], dict[str, Any]],
+        unpicklable: Callable[[Any, Exception], dict[str, Any]]) -> tuple[str, dict[str, Any], bool]:
+    """Run every call in order; flush outcomes as they come. Returns the final event, its fields and whether
+    every item succeeded. A flush that cannot be delivered stops the element (nobody collects the rest)."""
+    from .worker import WorkerSignal
+
+    outcomes: list[tuple[int, bool, Any]] = []
+    all_ok = True
+    loop = None
+    last = time.monotonic()
+    try:
+        for position, (args, kwargs) in enumerate(calls):
+            try:
+                value = func(*args, **kwargs)
+                if hasattr(value, "__await__"):
+                    if loop is None:
+                        import asyncio
+
+                        loop = asyncio.new_event_loop()
+                    value = loop.run_until_complete(_awaited(value))
+            except WorkerSignal:
+                raise
+            except BaseException as exc:   # SystemExit and KeyboardInterrupt in a task are its outcome too
+                outcomes.append((position, False, error_fields(exc)))
+                all_ok = False
+            else:
+                try:
+                    outcomes.append((position, True, _dumps(value)))
+                except Exception as exc:
+                    outcomes.append((position, False, unpicklable(value, exc)))
+                    all_ok = False
+            if time.monotonic() - last >= FLUSH_SECONDS:
+                if not _flush(sender, outcomes):
+                    return EVENT, {}, False
+                outcomes = []
+                last = time.monotonic()
+    except WorkerSignal:
+        if outcomes:
+            _flush(sender, outcomes)   # what finished is kept; the caller reports the rest as cancelled
+        raise
+    finally:
+        if loop is not None:
+            loop.close()
+    return "task_result", _fields(sender, outcomes), all_ok
+
+
+async def _awaited(value: Any) -> Any:
+    return await value
+
+
+def _fields(sender: EventSender, outcomes: list[tuple[int, bool, Any]]) -> dict[str, Any]:
+    """One flush's event fields: the outcome list rides inline when small, else in the run's spool."""
+    sender.parts += 1
+    try:
+        return _result_fields(outcomes, sender)
+    except _SpoolRefused as refused:   # nowhere to put a large flush: fail its items, keep the element going
+        from .worker import _error_fields
+
+        error = _error_fields(refused.error, source="spool")
+        return _result_fields([(position, False, error) for position, _, _ in outcomes], sender)
+
+
+def _flush(sender: EventSender, outcomes: list[tuple[int, bool, Any]]) -> bool:
+    return sender.send(EVENT, _fields(sender, outcomes))
