@@ -214,7 +214,7 @@ class Submitter:
             room.release(1)
             raise
         argv, stdin = self.cli.sbatch_argv(batch.task, task_resources, self.log_dir)
-        job_id = await self.pacer.sbatch(argv, encoded, stdin, items=1, room=room, elements=1,
+        job_id = await self.pacer.sbatch(argv, encoded, stdin, items=_item_count([item]), room=room, elements=1,
                                          abandoned=lambda: item.cancelled)
         self._deliver(item, job_id, os.path.join(self.log_dir, f"{job_id}.err"), task_resources)
 
@@ -233,7 +233,7 @@ class Submitter:
         argv, stdin = self.cli.sbatch_argv(batch.task, batch.resources, self.log_dir, elements=elements,
                                            throttle=workers)
         try:
-            job_id = await self.pacer.sbatch(argv, protocol.SPOOL_PREFIX + path, stdin, items=len(items),
+            job_id = await self.pacer.sbatch(argv, protocol.SPOOL_PREFIX + path, stdin, items=_item_count(items),
                                              room=room, elements=elements,
                                              abandoned=lambda: all(item.cancelled for item in items))
         except BaseException:
@@ -296,6 +296,11 @@ def _job_key(item: Item) -> Optional[str]:
     if future.done() and not future.cancelled() and future.exception() is None:
         return future.result()
     return None
+
+
+def _item_count(items: list[Item]) -> int:
+    """The map items these payloads carry (a packed element's payload carries many)."""
+    return sum(len(item.frame.get("batch") or (None,)) for item in items)
 
 
 def _spool_text(payload: dict[str, Any]) -> str:
