@@ -45,6 +45,8 @@ class RemoteCall:
     batch: Optional[tuple[tuple[tuple[Any, ...], dict[str, Any]], ...]] = None
     record: Optional[Any] = None
     on_items: Optional[Callable[[Any], None]] = None
+    journal_keys: Optional[list[Optional[str]]] = None   # a packed element's items' keys, in element order
+    map_indices: Optional[list[Optional[int]]] = None    # ... and their indices in the map
 
 
 async def call(runtime: Runtime, name: str, func: Callable[..., Any], is_async: bool, args: tuple[Any, ...],

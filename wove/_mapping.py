@@ -126,8 +126,7 @@ async def call_each(runtime: Runtime, name: str, func: Callable[..., Any], is_as
     if remote is not None and items:   # many items to a job: one run per element (wove._packed)
         from . import _packed
 
-        journaled = runtime.journal is not None and settings.get("journal", True)
-        per_job = _packed.eligible(runtime, remote, settings, resources, bind(items[0]), journaled)
+        per_job = _packed.eligible(runtime, remote, settings, resources, bind(items[0]))
         if per_job:
             return await _packed.run_packed(runtime, remote, name, func, items, bind, settings, resources, per_job,
                                             group=name)

@@ -10,7 +10,11 @@ in a new run of its own failed items; an element that dies (out of memory, time 
 the items it reported and fails or retries the rest with the real cause (with more memory for
 ``oom_retry_factor``); ``item_errors`` decides whether a final failure cancels the map (``"raise"``) or is
 kept at its index. Maps this path cannot honour item by item (a per-item ``timeout``, ``workers``,
-``limit_per_minute``, ``delivery_timeout``, a journal...) take the per-item path (``eligible``).
+``limit_per_minute``, ``delivery_timeout``...) take the per-item path (``eligible``).
+
+In a journaled weave every item is keyed as on the per-item path; an element is journaled as one line when
+it is submitted (its items' keys in element order, for a later driver to reattach to it) and one line per
+flush of finished items (the job's own pickles of their results, no pickling again).
 """
 
 from __future__ import annotations
@@ -38,10 +42,10 @@ _SMALL = 4096
 
 
 def eligible(runtime: Runtime, remote: Optional[RemoteEnvironment], settings: dict[str, Any],
-             resources: Optional[dict[str, Any]], first_call: Optional[tuple[tuple[Any, ...], dict[str, Any]]],
-             journaled: bool) -> int:
+             resources: Optional[dict[str, Any]], first_call: Optional[tuple[tuple[Any, ...], dict[str, Any]]]
+             ) -> int:
     """Items per element when this map can go out packed, else 0 (take the per-item path)."""
-    if remote is None or first_call is None or journaled:
+    if remote is None or first_call is None:
         return 0
     if settings["timeout"] is not None or settings["workers"] or settings["limit_per_minute"]:
         return 0
@@ -86,12 +90,22 @@ class _Map:
         self.raise_first = (settings.get("item_errors") or "raise") == "raise"
         self.failure: Optional[tuple[int, BaseException, RunRecord]] = None
         self.tasks: list[asyncio.Task[None]] = []
+        self.journal = runtime.journal if settings.get("journal", True) else None
+        self.keys: list[Optional[str]] = []
 
     async def run(self, resources: Optional[dict[str, Any]]) -> list[Any]:
         loop = asyncio.get_running_loop()
-        indices = range(len(self.items))
-        for start in range(0, len(self.items), self.per_job):
-            chunk = list(indices[start:start + self.per_job])
+        fresh: Any = range(len(self.items))
+        adopted: dict[str, tuple[dict[str, Any], dict[int, int]]] = {}
+        if self.journal is not None:
+            fresh, adopted = await self._read_journal(resources)
+        for info, positions in adopted.values():   # elements an earlier driver submitted, still queued or running
+            slots: list[Optional[int]] = [None] * (max(positions) + 1)
+            for position, index in positions.items():
+                slots[position] = index
+            self.tasks.append(loop.create_task(self.element(slots, 0, resources, adopt=info)))
+        for start in range(0, len(fresh), self.per_job):
+            chunk: list[Optional[int]] = list(fresh[start:start + self.per_job])
             self.tasks.append(loop.create_task(self.element(chunk, 0, resources)))
         try:
             await asyncio.gather(*self.tasks, return_exceptions=True)
@@ -109,6 +123,38 @@ class _Map:
                 raise task.exception()  # type: ignore[misc]
         return self.outcomes
 
+    async def _read_journal(self, resources: Optional[dict[str, Any]]
+                            ) -> tuple[list[int], dict[str, tuple[dict[str, Any], dict[int, int]]]]:
+        """Key every item; read back the done ones; group those whose element is still queued or running by
+        that element (to reattach). Returns the items to submit and the elements to reattach."""
+        from ._call import _note_reused
+
+        journal = self.journal
+        assert journal is not None
+        calls = [self.bind(item) for item in self.items]
+        self.keys = await journal.keys(self.name, self.func, calls, self.remote.name, resources)
+        del calls
+        fresh: list[int] = []
+        adopted: dict[str, tuple[dict[str, Any], dict[int, int]]] = {}
+        for index, key in enumerate(self.keys):
+            entry = journal.lookup(key) if key else None
+            if entry is not None and entry.state == "done":
+                value = journal.value_now(entry)
+                if journal.is_missing(value):
+                    value = await journal.finished_value(entry)
+                if not journal.is_missing(value):
+                    self.outcomes[index] = value
+                    _note_reused(self.runtime, self.name, self.remote.name, index, entry)
+                    continue
+            if entry is not None and entry.state == "submitted" and isinstance(entry.info.get("position"), int):
+                info = {**entry.info, "job_id": entry.job_id}
+                run_id = str(info.get("run_id") or "")
+                if run_id and self.remote.can_adopt(info):
+                    adopted.setdefault(run_id, (info, {}))[1][info["position"]] = index
+                    continue
+            fresh.append(index)
+        return fresh, adopted
+
     def stop(self, index: int, exc: BaseException, record: RunRecord) -> None:
         """``item_errors="raise"``: the first final failure cancels the rest of the map."""
         if self.failure is None:
@@ -119,49 +165,62 @@ class _Map:
             for task in self.tasks:
                 task.cancel()
 
-    async def element(self, indices: list[int], attempt: int, resources: Optional[dict[str, Any]]) -> None:
-        """One element run of ``indices`` (and, after it, the run of its items to retry)."""
-        name, remote = self.name, self.remote
+    async def element(self, indices: list[Optional[int]], attempt: int, resources: Optional[dict[str, Any]],
+                      adopt: Optional[dict[str, Any]] = None) -> None:
+        """One element run of ``indices`` (and, after it, the run of its items to retry). With ``adopt`` (a
+        journal's record of an element an earlier driver submitted) the element is collected, not submitted;
+        its positions this run does not need are ``None``."""
+        name, remote, journal = self.name, self.remote, self.journal
         record = RunRecord(task=name, run_id="", environment=remote.name, attempt=attempt,
                            submitted_at=time.time())
-        item_records = [ItemRecord(record, index, attempt) for index in indices]
-        self.records.extend(item_records)
-        reported = [False] * len(indices)
-        again: list[int] = []          # items that raised, to retry with the same resources
+        item_records = [ItemRecord(record, index, attempt) if index is not None else None for index in indices]
+        self.records.extend(r for r in item_records if r is not None)
+        reported = [index is None for index in indices]
+        journal_done: list[tuple[Optional[str], Optional[int], Optional[bytes]]] = []
+        again: list[Optional[int]] = []   # items that raised, to retry with the same resources
         failures: list[BaseException] = []   # their exceptions, which get the job's logs
         decoding: list[asyncio.Future[Any]] = []
         retries = self.settings["retries"]
 
-        def done(position: int, ok: bool, data: Any, error: Optional[BaseException] = None) -> None:
-            if position < 0 or position >= len(indices) or reported[position]:
+        def done(position: int, ok: bool, value: Any, error: Optional[BaseException], data: Any) -> None:
+            if not isinstance(position, int) or position < 0 or position >= len(indices) or reported[position]:
                 return
             reported[position] = True
             index = indices[position]
+            item = item_records[position]
+            assert index is not None and item is not None
             now = time.time()
             if ok:
-                self.outcomes[index] = data
-                item_records[position].settle("result", "COMPLETED", now)
+                self.outcomes[index] = value
+                item.settle("result", "COMPLETED", now)
+                if journal is not None and self.keys[index]:   # the job's own pickle is what the journal keeps
+                    journal_done.append((self.keys[index], index, data))
                 return
             assert error is not None
             failures.append(error)
-            item_records[position].settle("error", "FAILED", now)
+            item.settle("error", "FAILED", now)
             self.job_ids[index] = record.job_id
             if attempt < retries:
                 again.append(index)
             else:
                 self.final(index, error, record)
 
-        def decode(outcomes: Any) -> list[tuple[int, bool, Any, Optional[BaseException]]]:
-            decoded: list[tuple[int, bool, Any, Optional[BaseException]]] = []
+        def decode(outcomes: Any) -> list[tuple[int, bool, Any, Optional[BaseException], Any]]:
+            decoded: list[tuple[int, bool, Any, Optional[BaseException], Any]] = []
             for position, ok, data in outcomes:
                 if ok:
                     try:
-                        decoded.append((position, True, remote.load_value(data), None))
+                        decoded.append((position, True, remote.load_value(data), None, data))
                     except Exception as exc:
-                        decoded.append((position, False, None, _unreadable(name, exc)))
+                        decoded.append((position, False, None, _unreadable(name, exc), None))
                 else:
-                    decoded.append((position, False, None, _rebuild(data, record, remote)))
+                    decoded.append((position, False, None, _rebuild(data, record, remote), None))
             return decoded
+
+        def journal_flush() -> None:
+            if journal is not None and journal_done:
+                journal.record_many(name, "done", list(journal_done), job_id=record.job_id)
+                journal_done.clear()
 
         def on_items(outcomes: Any) -> None:
             if not isinstance(outcomes, list):
@@ -174,23 +233,30 @@ class _Map:
                     if not task.cancelled() and task.exception() is None:
                         for entry in task.result():
                             done(*entry)
+                        journal_flush()
                 future.add_done_callback(apply)
                 decoding.append(future)
                 return
             for entry in decode(outcomes):
                 done(*entry)
+            journal_flush()
 
+        keys = None
+        if journal is not None and adopt is None:
+            keys = [self.keys[index] if index is not None else None for index in indices]
         call = RemoteCall(name, self.func, (), {}, self.settings, attempt=attempt, records=None,
                           resources=resources, group=self.group,
-                          batch=tuple(self.bind(self.items[index]) for index in indices),
-                          record=record, on_items=on_items)
+                          batch=None if adopt is not None else tuple(self.bind(self.items[index])
+                                                                     for index in indices if index is not None),
+                          record=record, on_items=on_items, journal_keys=keys or None,
+                          map_indices=list(indices) if keys else None)
         element_error: Optional[BaseException] = None
         try:
-            await remote.run(call)
+            await remote.run(call, adopt=adopt)
         except asyncio.CancelledError:
-            for position in range(len(indices)):
-                if not reported[position]:
-                    item_records[position].settle("cancelled", "CANCELLED", time.time())
+            for position, item in enumerate(item_records):
+                if item is not None and not reported[position]:
+                    item.settle("cancelled", "CANCELLED", time.time())
             raise
         except Exception as exc:
             element_error = exc
@@ -199,11 +265,12 @@ class _Map:
         await _attach_logs(failures if element_error is None else [*failures, element_error], record)
         if element_error is not None:   # the element ended without reporting these: the real cause
             lost = [position for position in range(len(indices)) if not reported[position]]
-            retry_lost: list[int] = []
+            retry_lost: list[Optional[int]] = []
             for position in lost:
                 reported[position] = True
-                index = indices[position]
-                item_records[position].settle(record.outcome or "error", record.state or "FAILED", time.time())
+                index, item = indices[position], item_records[position]
+                assert index is not None and item is not None
+                item.settle(record.outcome or "error", record.state or "FAILED", time.time())
                 self.job_ids[index] = record.job_id
                 if attempt < retries:
                     retry_lost.append(index)
@@ -216,6 +283,9 @@ class _Map:
             await self.element(again, attempt + 1, resources)
 
     def final(self, index: int, error: BaseException, record: RunRecord) -> None:
+        key = self.keys[index] if self.journal is not None and self.keys else None
+        if key and self.journal is not None:   # shown by `wove journal`; a rerun runs the call again
+            self.journal.record(key, self.name, "failed", index=index, error=f"{type(error).__name__}: {error}"[:500])
         if self.raise_first:
             self.stop(index, error, record)
         else:

@@ -147,7 +147,7 @@ class RemoteEnvironment:
                     await self.executor.send(self._message(run_id, call, record))
                 submitted = True
                 record.state = "SUBMITTED" if record.state == "SUBMITTING" else record.state
-                if call.journal_key is not None and adopt is None:
+                if (call.journal_key is not None or call.journal_keys) and adopt is None:
                     self._journal_submitted(call, run_id, record)
                 return await self._wait(run)
             except asyncio.CancelledError:
@@ -171,7 +171,16 @@ class RemoteEnvironment:
         journal = self.runtime.journal
         info_of = getattr(self.executor, "journal_info", None)
         info = info_of(run_id) if info_of is not None else None
-        if journal is None or info is None or call.journal_key is None or not record.job_id:
+        if journal is None or info is None or not record.job_id:
+            return
+        if call.journal_keys:   # a packed element: one line for all its items, in their element order
+            indices = call.map_indices or [None] * len(call.journal_keys)
+            journal.record_many(call.task_name, "submitted", [(key, index, None) for key, index in
+                                                              zip(call.journal_keys, indices)],
+                                job_id=record.job_id, run_id=run_id, environment=self.name,
+                                stderr=record.stderr_path, **info)
+            return
+        if call.journal_key is None:
             return
         journal.record(call.journal_key, call.task_name, "submitted", index=call.map_index, job_id=record.job_id,
                        run_id=run_id, environment=self.name, stderr=record.stderr_path, **info)

@@ -85,6 +85,64 @@ class JournalSession:
         self._seen[key] = seen + 1
         return key if not seen else f"{key}#{seen}"
 
+    async def keys(self, task: str, func: Callable[..., Any], calls: list[tuple[tuple[Any, ...], dict[str, Any]]],
+                   environment: str, resources: Optional[dict[str, Any]]) -> list[Optional[str]]:
+        """The keys of many calls of one function (a packed map's items), computed in one thread hop; None
+        for a call that cannot be journaled (warned once per task)."""
+        known = self._identities.get(id(func))
+        identity = known[1] if known is not None and known[0] is func else None
+
+        def compute() -> list[Any]:
+            nonlocal identity
+            if identity is None:
+                identity = function_identity(func, self._dumps)
+            out: list[Any] = []
+            for args, kwargs in calls:
+                try:
+                    out.append(call_key(task, func, args, kwargs, environment=environment, resources=resources,
+                                        dumps=self._dumps, identity=identity, digest_of=self._digest))
+                except UnkeyableCallError as exc:
+                    out.append(exc)
+            return out
+
+        try:
+            raw = await asyncio.to_thread(compute)
+        except Exception as exc:   # the function itself could not be pickled for its identity
+            self._warn(task, f"task {task!r} cannot be journaled: {type(exc).__name__}: {exc}; set "
+                             "journal=False on the task, or make its function picklable")
+            return [None] * len(calls)
+        if identity is not None:
+            self._identities[id(func)] = (func, identity)
+        keys: list[Optional[str]] = []
+        for key in raw:
+            if isinstance(key, Exception):
+                self._warn(task, str(key))
+                keys.append(None)
+                continue
+            seen = self._seen.get(key, 0)
+            self._seen[key] = seen + 1
+            keys.append(key if not seen else f"{key}#{seen}")
+        return keys
+
+    def value_now(self, entry: Entry) -> Any:
+        """A done call's small inline value read without a thread hop; ``_MISSING`` when it needs one (or
+        must run again: ``finished_value`` says which)."""
+        if entry.state == "done" and entry.inline is not None and len(entry.inline) <= _SMALL_TEXT:
+            data = self.journal.result_bytes(entry)
+            if data is not None:
+                try:
+                    return self._pickle.loads(data)
+                except Exception:
+                    pass
+        return _MISSING
+
+    def record_many(self, task: str, state: str, calls: list[tuple[Optional[str], Optional[int], Optional[bytes]]],
+                    **fields: Any) -> None:
+        """One line for many calls (see ``Journal.record_many``); a call without a key keeps its place."""
+        self.journal.record_many(task, state, calls, **fields)
+        if state == "done":
+            self.recorded += sum(1 for key, _, _ in calls if key)
+
     def _digest(self, value: Any) -> bytes:
         known = self._digests.get(id(value))
         if known is not None and known[0] is value:

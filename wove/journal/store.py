@@ -94,7 +94,7 @@ class Journal:
         self._lock_fd = lock_fd
         self.entries = entries
         self.skipped = skipped                 # damaged lines found while loading (their calls run again)
-        self._queue: queue.Queue[Optional[tuple[dict[str, Any], Optional[tuple[str, bytes]]]]] = queue.Queue()
+        self._queue: queue.Queue[Optional[tuple[dict[str, Any], list[tuple[str, bytes]]]]] = queue.Queue()
         self._writer = threading.Thread(target=self._write_loop, name="wove-journal", daemon=True)
         self._error: Optional[BaseException] = None
         self._writer.start()
@@ -159,8 +159,38 @@ class Journal:
             else:
                 blob = (entry.digest, result)
         self.entries[key] = entry
-        self._queue.put((record, blob))   # serialized by the writer thread, off the caller's (the loop's) time
+        self._queue.put((record, [blob] if blob else []))   # serialized by the writer thread, off the loop
         return entry
+
+    def record_many(self, task: str, state: str, calls: list[tuple[Optional[str], Optional[int], Optional[bytes]]], *,
+                    job_id: Optional[str] = None, **info: Any) -> None:
+        """Note one outcome for many calls (a packed element's items) in one line: ``calls`` are
+        ``(key, index, pickled result or None)``; a submitted element's keys are listed in their order in
+        the element (``info["position"]`` of each entry, for reattaching)."""
+        now = time.time()
+        rows: list[list[Any]] = []
+        blobs: list[tuple[str, bytes]] = []
+        for position, (key, index, result) in enumerate(calls):
+            if not key:   # a call that cannot be journaled: it keeps its position, nothing more
+                rows.append(["", index])
+                continue
+            entry = Entry(key, task, state, index=index, job_id=job_id,
+                          info={**info, "position": position} if info else {}, time=now)
+            row: list[Any] = [key, index]
+            if result is not None:
+                entry.digest, entry.size = hashlib.sha256(result).hexdigest(), len(result)
+                row += [entry.digest, entry.size]
+                if len(result) <= INLINE_BYTES:
+                    entry.inline = result
+                    row.append(result)
+                else:
+                    blobs.append((entry.digest, result))
+            self.entries[key] = entry
+            rows.append(row)
+        record: dict[str, Any] = {"m": rows, "t": task, "s": state, "j": job_id, "at": now}
+        if info:
+            record["x"] = info
+        self._queue.put((record, blobs))
 
     def _write_loop(self) -> None:
         fd = os.open(os.path.join(self.path, ENTRIES), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
@@ -168,7 +198,7 @@ class Journal:
             while True:
                 item = self._queue.get()
                 stop = item is None
-                batch: list[tuple[dict[str, Any], Optional[tuple[str, bytes]]]] = [] if item is None else [item]
+                batch: list[tuple[dict[str, Any], list[tuple[str, bytes]]]] = [] if item is None else [item]
                 deadline = time.monotonic() + FLUSH_SECONDS
                 while not stop:   # gather what arrives within the flush window: one fsync for all of it
                     try:
@@ -190,12 +220,9 @@ class Journal:
         finally:
             os.close(fd)
 
-    def _write(self, fd: int, batch: list[tuple[dict[str, Any], Optional[tuple[str, bytes]]]]) -> None:
+    def _write(self, fd: int, batch: list[tuple[dict[str, Any], list[tuple[str, bytes]]]]) -> None:
         results = os.path.join(self.path, RESULTS)
-        for _, blob in batch:   # a result is durable before the line that points at it
-            if blob is None:
-                continue
-            digest, data = blob
+        for digest, data in (blob for _, blobs in batch for blob in blobs):   # durable before its line
             target = os.path.join(results, digest)
             if os.path.exists(target):
                 continue
@@ -209,6 +236,8 @@ class Journal:
         for record, _ in batch:
             if isinstance(record.get("r"), bytes):
                 record = {**record, "r": record["r"].hex()}
+            if "m" in record:   # a packed element's line: its inline results as hex too
+                record = {**record, "m": [[*row[:4], row[4].hex()] if len(row) > 4 else row for row in record["m"]]}
             lines.append(_line(record))
         os.write(fd, b"".join(lines))
         os.fsync(fd)
@@ -280,6 +309,10 @@ def _load(path: str) -> tuple[dict[str, Entry], int]:
     skipped = 0
     for raw in lines[1:]:
         record = _parse(raw)
+        if record is not None and isinstance(record.get("m"), list):
+            if not _load_many(record, entries):
+                skipped += 1
+            continue
         if record is None or "k" not in record:
             skipped += 1
             continue
@@ -291,3 +324,25 @@ def _load(path: str) -> tuple[dict[str, Entry], int]:
     if skipped:
         log.warning("wove: journal %s: %d damaged line(s) skipped; those calls run again", path, skipped)
     return entries, skipped
+
+
+def _load_many(record: dict[str, Any], entries: dict[str, Entry]) -> bool:
+    """The entries of one packed element's line (``record_many``); False when a row is malformed."""
+    task, state, job_id = str(record.get("t", "")), str(record.get("s", "")), record.get("j")
+    info = record.get("x") if isinstance(record.get("x"), dict) else None
+    at = float(record.get("at") or 0.0)
+    try:
+        for position, row in enumerate(record["m"]):
+            key, index = str(row[0]), row[1]
+            if not key:
+                continue
+            entry = Entry(key, task, state, index=index, job_id=job_id,
+                          info={**info, "position": position} if info else {}, time=at)
+            if len(row) >= 4:
+                entry.digest, entry.size = str(row[2]), int(row[3])
+                if len(row) > 4:
+                    entry.inline = bytes.fromhex(row[4])
+            entries[key] = entry
+    except (IndexError, TypeError, ValueError):
+        return False
+    return True
