@@ -21,8 +21,9 @@ SCRIPT = textwrap.dedent("""
     from wove import weave
 
     journal, spool, prefix, slow = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
+    per_job = int(sys.argv[5]) if len(sys.argv) > 5 else 1
     wove.config(journal=journal, environments={"slurm": {"executor": "slurm", "executor_config": {
-        "job_name_prefix": prefix, "spool_dir": spool, "mem": "100M"}}})
+        "job_name_prefix": prefix, "spool_dir": spool, "mem": "100M", "items_per_job": per_job}}})
 
     started = time.monotonic()
     with weave() as w:
@@ -57,10 +58,25 @@ def _done_lines(journal) -> int:
         return 0
 
 
-def _run(tmp_path, prefix, slow, **popen):
+def _done_items(journal) -> int:
+    """Items of ``sweep`` journaled as done, one line per item or one per packed flush."""
+    count = 0
+    try:
+        with open(os.path.join(journal, "entries.jsonl")) as handle:
+            for line in handle:
+                if '"s":"done"' in line and '"t":"sweep"' in line:
+                    record = json.loads(line.rsplit(" ", 1)[0])
+                    count += len(record["m"]) if "m" in record else 1
+    except OSError:
+        pass
+    return count
+
+
+def _run(tmp_path, prefix, slow, per_job=1, **popen):
     script = tmp_path / "sweep.py"
     script.write_text(SCRIPT)
-    argv = [sys.executable, str(script), str(tmp_path / "journal"), str(tmp_path / "spool"), prefix, str(slow)]
+    argv = [sys.executable, str(script), str(tmp_path / "journal"), str(tmp_path / "spool"), prefix, str(slow),
+            str(per_job)]
     return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
 
 
@@ -94,6 +110,37 @@ def test_killed_driver_rerun_collects_every_result_without_resubmitting(tmp_path
     assert len(_elements(prefix)) == 30
     shown = _wove("journal", str(tmp_path / "journal"))
     assert ": 31 call(s): 31 done, 0 submitted" in shown   # 30 items and the reduction
+
+
+def test_killed_driver_of_a_packed_sweep_reattaches_its_elements(tmp_path, prefix):
+    """Five items to an array element: the driver dies when the three fast elements are done; the rerun
+    reads their 15 items back, reattaches the three running elements (no new job) and collects them."""
+    first = _run(tmp_path, prefix, 8, per_job=5)
+    try:
+        assert wait_until(lambda: _done_items(tmp_path / "journal") >= 15, 90), "the fast half never finished"
+        time.sleep(1)
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.communicate(timeout=30)
+    killed_at = time.monotonic()
+    assert len(squeue_jobs(prefix)) == 3   # the slow elements keep running
+
+    second = _run(tmp_path, prefix, 8, per_job=5)
+    out, err = second.communicate(timeout=180)
+    assert second.returncode == 0, err
+    report = json.loads(out.splitlines()[-1])
+    assert report["total"] == sum(i * 10 for i in range(30))
+    assert report["states"].count("JOURNALED") == 15 and report["reattached"] == 15
+    assert len(_elements(prefix)) == 6           # six elements, none submitted twice
+    assert time.monotonic() - killed_at < 40 + 20
+
+    third = _run(tmp_path, prefix, 8, per_job=5)
+    out, err = third.communicate(timeout=60)
+    assert third.returncode == 0, err
+    report = json.loads(out.splitlines()[-1])
+    assert report["states"] == ["JOURNALED"] * 30 and report["seconds"] < 2.0
+    assert len(_elements(prefix)) == 6
+    assert ": 31 call(s): 31 done, 0 submitted" in _wove("journal", str(tmp_path / "journal"))
 
 
 def test_a_hang_up_leaves_a_journaled_sweep_running_for_the_rerun(tmp_path, prefix):
