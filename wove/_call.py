@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+from collections.abc import Collection
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
@@ -42,7 +43,7 @@ class RemoteCall:
     journal_key: Optional[str] = None   # in a journaled weave: recorded as submitted once its job is known
     #: A packed element (``wove._packed``): every item's ``(args, kwargs)``, its record made by the caller,
     #: and the callback that takes each ``items_done`` / final ``task_result`` outcome list.
-    batch: Optional[tuple[tuple[tuple[Any, ...], dict[str, Any]], ...]] = None
+    batch: Optional[Collection[tuple[tuple[Any, ...], dict[str, Any]]]] = None
     record: Optional[Any] = None
     on_items: Optional[Callable[[Any], None]] = None
     journal_keys: Optional[list[Optional[str]]] = None   # a packed element's items' keys, in element order

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import time
+from collections.abc import Collection, Iterator
 from typing import Any, Callable, Optional
 
 from ._call import RemoteCall
@@ -246,8 +247,7 @@ class _Map:
             keys = [self.keys[index] if index is not None else None for index in indices]
         call = RemoteCall(name, self.func, (), {}, self.settings, attempt=attempt, records=None,
                           resources=resources, group=self.group,
-                          batch=None if adopt is not None else tuple(self.bind(self.items[index])
-                                                                     for index in indices if index is not None),
+                          batch=None if adopt is not None else _Calls(self.bind, self.items, indices),
                           record=record, on_items=on_items, journal_keys=keys or None,
                           map_indices=list(indices) if keys else None)
         element_error: Optional[BaseException] = None
@@ -290,6 +290,29 @@ class _Map:
             self.stop(index, error, record)
         else:
             self.outcomes[index] = _Failed(error)
+
+
+class _Calls(Collection[tuple[tuple[Any, ...], dict[str, Any]]]):
+    """An element's items' ``(args, kwargs)``, made as the payload builder reads them (in its thread) and
+    never kept: a million items in flight hold no million argument dicts."""
+
+    __slots__ = ("_bind", "_indices", "_items")
+
+    def __init__(self, bind: Callable[[Any], tuple[tuple[Any, ...], dict[str, Any]]], items: list[Any],
+                 indices: list[Optional[int]]):
+        self._bind, self._items, self._indices = bind, items, indices
+
+    def __len__(self) -> int:
+        return sum(1 for index in self._indices if index is not None)
+
+    def __iter__(self) -> Iterator[tuple[tuple[Any, ...], dict[str, Any]]]:
+        bind, items = self._bind, self._items
+        for index in self._indices:
+            if index is not None:
+                yield bind(items[index])
+
+    def __contains__(self, call: object) -> bool:
+        return any(call == other for other in self)
 
 
 def _rebuild(fields: Any, record: RunRecord, remote: RemoteEnvironment) -> BaseException:

@@ -13,7 +13,7 @@ working unchanged; ``dict(msg)`` gives such a frame.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
@@ -75,7 +75,7 @@ class RunTask(_Frame):
     record: Optional[RunRecord] = None   # the run's introspection record; adapters fill in job details
     #: A packed element: the ``(args, kwargs)`` of each of its items, run in one job (``args`` is unused);
     #: its outcomes come as ``items_done`` events and the final ``task_result`` (see ``dispatch.batch``).
-    batch: Optional[tuple[tuple[tuple[Any, ...], dict[str, Any]], ...]] = None
+    batch: Optional[Collection[tuple[tuple[Any, ...], dict[str, Any]]]] = None
     type: str = field(default="run_task", init=False)
 
 

@@ -21,7 +21,7 @@ import functools
 import json
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping
 from typing import Any, Callable, Optional
 
 from ..errors import MissingDispatchFeatureError
@@ -89,7 +89,7 @@ class PayloadBuilder:
     async def build(self, *, run_id: str, task_id: Optional[str], task_name: Optional[str],
                     func: Callable[..., Any], args: tuple[Any, ...], kwargs: Mapping[str, Any],
                     delivery: Mapping[str, Any], mapped: bool,
-                    batch: Optional[Sequence[tuple[tuple[Any, ...], dict[str, Any]]]] = None) -> dict[str, Any]:
+                    batch: Optional[Collection[tuple[tuple[Any, ...], dict[str, Any]]]] = None) -> dict[str, Any]:
         """The payload for one run: pickled on the loop when tiny, else in this builder's thread.
 
         The items of one mapped task share their function's pickle, made once: every item waits for that
@@ -209,7 +209,7 @@ class PayloadBuilder:
 
     def _assemble_batch(self, run_id: str, task_id: Optional[str], task_name: Optional[str],
                         func: Callable[..., Any], shared: str,
-                        batch: Sequence[tuple[tuple[Any, ...], dict[str, Any]]],
+                        batch: Collection[tuple[tuple[Any, ...], dict[str, Any]]],
                         delivery: Mapping[str, Any]) -> dict[str, Any]:
         """A packed element's payload: the function's shared pickle and one list of every item's arguments
         (the C pickler when every argument is a plain number or string, cloudpickle otherwise)."""
