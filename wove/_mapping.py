@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Optional
 
@@ -65,7 +66,7 @@ class _RateLimiter:
             await asyncio.sleep(slot - now)
 
 
-def _map_items(runtime: Runtime, spec: TaskSpec) -> list[Any]:
+def _map_items(runtime: Runtime, spec: TaskSpec) -> Sequence[Any]:
     source = spec.map_source
     if isinstance(source, MapFrom):
         value = runtime._values[source.name]
@@ -77,7 +78,7 @@ def _map_items(runtime: Runtime, spec: TaskSpec) -> list[Any]:
         raise MapSourceError(
             f"result of type '{type(value).__name__}' is not iterable: mapped task {spec.name!r} needs an iterable "
             f"to map over, but {origin} is {type(value).__name__} {_short(value)}")
-    items = list(value)
+    items = value if type(value) is range else list(value)   # a range indexes itself: a million items cost nothing
     if runtime.max_pending is not None and len(items) > runtime.max_pending:
         raise TooManyItemsError(
             f"Mapped task '{spec.name}' has {len(items)} items, which exceeds max_pending={runtime.max_pending}. "
@@ -114,7 +115,7 @@ async def run_mapped(runtime: Runtime, spec: TaskSpec, args: list[Any], kwargs: 
                            spec.options.get("resources"))
 
 
-async def call_each(runtime: Runtime, name: str, func: Callable[..., Any], is_async: bool, items: list[Any],
+async def call_each(runtime: Runtime, name: str, func: Callable[..., Any], is_async: bool, items: Sequence[Any],
                     bind: Callable[[Any], tuple[tuple[Any, ...], dict[str, Any]]],
                     settings: dict[str, Any], environment: str,
                     resources: Optional[dict[str, Any]] = None,
@@ -154,7 +155,7 @@ async def call_each(runtime: Runtime, name: str, func: Callable[..., Any], is_as
 
 
 async def _map_sync_fast(runtime: Runtime, name: str, func: Callable[..., Any], bind: Callable[[Any], Any],
-                         items: list[Any], keep_going: bool) -> list[Any]:
+                         items: Sequence[Any], keep_going: bool) -> list[Any]:
     """Thread-pool fan-out with one loop wake-up for the whole map instead of one per item."""
     loop = runtime.loop
     waiter: asyncio.Future[None] = loop.create_future()
@@ -201,7 +202,7 @@ async def _map_sync_fast(runtime: Runtime, name: str, func: Callable[..., Any], 
     return [_Failed(error) if (error := cf.exception()) is not None else cf.result() for cf in futures]
 
 
-async def _gather(runtime: Runtime, name: str, items: list[Any], tasks: list[asyncio.Task[Any]],
+async def _gather(runtime: Runtime, name: str, items: Sequence[Any], tasks: list[asyncio.Task[Any]],
                   keep_going: bool) -> list[Any]:
     """Outcomes in input order. Unless ``keep_going``, the first failure (or our own cancellation) cancels and
     awaits the rest, and is raised; with it, each failed item's outcome is a ``_Failed``."""
@@ -230,7 +231,7 @@ async def _gather(runtime: Runtime, name: str, items: list[Any], tasks: list[asy
         raise
 
 
-def settle(runtime: Runtime, name: str, items: list[Any], outcomes: list[Any],
+def settle(runtime: Runtime, name: str, items: Sequence[Any], outcomes: list[Any],
            settings: dict[str, Any]) -> list[Any]:
     """The mapped task's value from its items' outcomes, per ``item_errors``; failures go to the result."""
     failed = [index for index, outcome in enumerate(outcomes) if isinstance(outcome, _Failed)]
@@ -243,7 +244,7 @@ def settle(runtime: Runtime, name: str, items: list[Any], outcomes: list[Any],
     return [outcome.error if isinstance(outcome, _Failed) else outcome for outcome in outcomes]
 
 
-def settle_packed(runtime: Runtime, name: str, items: list[Any], outcomes: list[Any], settings: dict[str, Any],
+def settle_packed(runtime: Runtime, name: str, items: Sequence[Any], outcomes: list[Any], settings: dict[str, Any],
                   job_ids: dict[int, Optional[str]]) -> list[Any]:
     """``settle`` for a packed map, whose failed items' job ids are known (no search through its records)."""
     failed = [index for index, outcome in enumerate(outcomes) if isinstance(outcome, _Failed)]

@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import time
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterator, Sequence
 from typing import Any, Callable, Optional
 
 from ._call import RemoteCall
@@ -81,7 +81,7 @@ class _Map:
     """One packed map's state: each item's outcome slot and record, the element runs in flight."""
 
     def __init__(self, runtime: Runtime, remote: RemoteEnvironment, name: str, func: Callable[..., Any],
-                 items: list[Any], bind: Callable[[Any], tuple[tuple[Any, ...], dict[str, Any]]],
+                 items: Sequence[Any], bind: Callable[[Any], tuple[tuple[Any, ...], dict[str, Any]]],
                  settings: dict[str, Any], per_job: int, group: str):
         self.runtime, self.remote, self.name, self.func = runtime, remote, name, func
         self.items, self.bind, self.settings, self.per_job, self.group = items, bind, settings, per_job, group
@@ -93,6 +93,7 @@ class _Map:
         self.tasks: list[asyncio.Task[None]] = []
         self.journal = runtime.journal if settings.get("journal", True) else None
         self.keys: list[Optional[str]] = []
+        self.now = time.time()
 
     async def run(self, resources: Optional[dict[str, Any]]) -> list[Any]:
         loop = asyncio.get_running_loop()
@@ -106,7 +107,7 @@ class _Map:
                 slots[position] = index
             self.tasks.append(loop.create_task(self.element(slots, 0, resources, adopt=info)))
         for start in range(0, len(fresh), self.per_job):
-            chunk: list[Optional[int]] = list(fresh[start:start + self.per_job])
+            chunk: Sequence[Optional[int]] = fresh[start:start + self.per_job]   # a range, without a journal
             self.tasks.append(loop.create_task(self.element(chunk, 0, resources)))
         try:
             await asyncio.gather(*self.tasks, return_exceptions=True)
@@ -166,7 +167,7 @@ class _Map:
             for task in self.tasks:
                 task.cancel()
 
-    async def element(self, indices: list[Optional[int]], attempt: int, resources: Optional[dict[str, Any]],
+    async def element(self, indices: Sequence[Optional[int]], attempt: int, resources: Optional[dict[str, Any]],
                       adopt: Optional[dict[str, Any]] = None) -> None:
         """One element run of ``indices`` (and, after it, the run of its items to retry). With ``adopt`` (a
         journal's record of an element an earlier driver submitted) the element is collected, not submitted;
@@ -176,7 +177,7 @@ class _Map:
                            submitted_at=time.time())
         item_records = [ItemRecord(record, index, attempt) if index is not None else None for index in indices]
         self.records.extend(r for r in item_records if r is not None)
-        reported = [index is None for index in indices]
+        reported = bytearray(index is None for index in indices)   # 1 byte per item, not a list of bools
         journal_done: list[tuple[Optional[str], Optional[int], Optional[bytes]]] = []
         again: list[Optional[int]] = []   # items that raised, to retry with the same resources
         failures: list[BaseException] = []   # their exceptions, which get the job's logs
@@ -186,11 +187,11 @@ class _Map:
         def done(position: int, ok: bool, value: Any, error: Optional[BaseException], data: Any) -> None:
             if not isinstance(position, int) or position < 0 or position >= len(indices) or reported[position]:
                 return
-            reported[position] = True
+            reported[position] = 1
             index = indices[position]
             item = item_records[position]
             assert index is not None and item is not None
-            now = time.time()
+            now = self.now
             if ok:
                 self.outcomes[index] = value
                 item.settle("result", "COMPLETED", now)
@@ -224,6 +225,7 @@ class _Map:
                 journal_done.clear()
 
         def on_items(outcomes: Any) -> None:
+            self.now = time.time()   # one end time for the items of a flush (one float, not one per item)
             if not isinstance(outcomes, list):
                 raise ValueError(f"an element's outcomes must be a list, not {type(outcomes).__name__}")
             size = sum(len(entry[2]) for entry in outcomes if entry[1] and isinstance(entry[2], (bytes, bytearray)))
@@ -231,6 +233,7 @@ class _Map:
                 future = asyncio.ensure_future(asyncio.to_thread(decode, outcomes))
 
                 def apply(task: asyncio.Future[Any]) -> None:
+                    self.now = time.time()
                     if not task.cancelled() and task.exception() is None:
                         for entry in task.result():
                             done(*entry)
@@ -267,7 +270,7 @@ class _Map:
             lost = [position for position in range(len(indices)) if not reported[position]]
             retry_lost: list[Optional[int]] = []
             for position in lost:
-                reported[position] = True
+                reported[position] = 1
                 index, item = indices[position], item_records[position]
                 assert index is not None and item is not None
                 item.settle(record.outcome or "error", record.state or "FAILED", time.time())
@@ -298,8 +301,8 @@ class _Calls(Collection[tuple[tuple[Any, ...], dict[str, Any]]]):
 
     __slots__ = ("_bind", "_indices", "_items")
 
-    def __init__(self, bind: Callable[[Any], tuple[tuple[Any, ...], dict[str, Any]]], items: list[Any],
-                 indices: list[Optional[int]]):
+    def __init__(self, bind: Callable[[Any], tuple[tuple[Any, ...], dict[str, Any]]], items: Sequence[Any],
+                 indices: Sequence[Optional[int]]):
         self._bind, self._items, self._indices = bind, items, indices
 
     def __len__(self) -> int:
@@ -352,7 +355,7 @@ async def _attach_logs(failures: list[BaseException], record: RunRecord) -> None
 
 
 async def run_packed(runtime: Runtime, remote: RemoteEnvironment, name: str, func: Callable[..., Any],
-                     items: list[Any], bind: Callable[[Any], tuple[tuple[Any, ...], dict[str, Any]]],
+                     items: Sequence[Any], bind: Callable[[Any], tuple[tuple[Any, ...], dict[str, Any]]],
                      settings: dict[str, Any], resources: Optional[dict[str, Any]], per_job: int,
                      group: Optional[str] = None) -> list[Any]:
     """Run a mapped task's items as packed elements of ``per_job`` items; results in input order, settled
