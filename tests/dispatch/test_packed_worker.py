@@ -93,3 +93,18 @@ def test_a_payload_whose_item_count_is_wrong_is_refused(receiver):
     assert done.returncode == 1
     error = receiver.wait_for(payload["run_id"], "task_error")
     assert "lists 4 items but holds 3" in error["error"]["message"]
+
+
+def threaded(x):
+    time.sleep(0.3)
+    return threading.current_thread().name
+
+
+def test_items_run_on_the_jobs_cpus_at_once(receiver):
+    """``cpus_per_task=3`` (SLURM_CPUS_PER_TASK): three items at a time, in threads, each reported once."""
+    payload = packed(receiver, threaded, range(6))
+    done = run_worker(payload, env={"SLURM_CPUS_PER_TASK": "3"})
+    assert done.returncode == 0, done.stderr
+    seen = outcomes(receiver, payload["run_id"])
+    assert sorted(seen) == list(range(6)) and all(ok for ok, _ in seen.values())
+    assert len({name for _, name in seen.values()}) == 3

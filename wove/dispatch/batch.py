@@ -33,6 +33,9 @@ def run(func: Callable[..., Any], calls: list[tuple[tuple[Any, ...], dict[str, A
     every item succeeded. A flush that cannot be delivered stops the element (nobody collects the rest)."""
     from .worker import WorkerSignal
 
+    parallel = min(len(calls), _parallelism())
+    if parallel > 1:
+        return _run_parallel(func, calls, sender, error_fields, unpicklable, parallel)
     outcomes: list[tuple[int, bool, Any]] = []
     all_ok = True
     loop = None
@@ -70,6 +73,75 @@ def run(func: Callable[..., Any], calls: list[tuple[tuple[Any, ...], dict[str, A
     finally:
         if loop is not None:
             loop.close()
+    return "task_result", _fields(sender, outcomes), all_ok
+
+
+def _parallelism() -> int:
+    """Items run at once: the job's CPUs (``cpus_per_task``), as for the per-item path."""
+    import os
+
+    try:
+        return max(1, int(os.environ.get("SLURM_CPUS_PER_TASK") or os.environ.get("WOVE_ITEM_PARALLELISM") or 1))
+    except ValueError:
+        return 1
+
+
+def _one(func: Callable[..., Any], args: Any, kwargs: Any, error_fields: Callable[[BaseException], dict[str, Any]],
+         unpicklable: Callable[[Any, Exception], dict[str, Any]]) -> tuple[bool, Any]:
+    """One item in a worker thread: ``(True, value pickle)`` or ``(False, error fields)``."""
+    try:
+        value = func(*args, **kwargs)
+        if hasattr(value, "__await__"):
+            import asyncio
+
+            value = asyncio.run(_awaited(value))
+    except BaseException as exc:
+        return False, error_fields(exc)
+    try:
+        return True, _dumps(value)
+    except Exception as exc:
+        return False, unpicklable(value, exc)
+
+
+def _run_parallel(func: Callable[..., Any], calls: list[tuple[tuple[Any, ...], dict[str, Any]]],
+                  sender: EventSender, error_fields: Callable[[BaseException], dict[str, Any]],
+                  unpicklable: Callable[[Any, Exception], dict[str, Any]],
+                  parallel: int) -> tuple[str, dict[str, Any], bool]:
+    """``run`` with up to ``parallel`` items at once in threads; the main thread flushes (and takes signals)."""
+    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
+    from .worker import WorkerSignal
+
+    pool = ThreadPoolExecutor(parallel, thread_name_prefix="wove-item")
+    futures = {pool.submit(_one, func, args, kwargs, error_fields, unpicklable): position
+               for position, (args, kwargs) in enumerate(calls)}
+    outcomes: list[tuple[int, bool, Any]] = []
+    all_ok = True
+    last = time.monotonic()
+    pending = set(futures)
+    try:
+        while pending:
+            finished, pending = wait(pending, timeout=FLUSH_SECONDS / 2, return_when=FIRST_COMPLETED)
+            for future in finished:
+                ok, data = future.result()
+                outcomes.append((futures[future], ok, data))
+                all_ok = all_ok and ok
+            if pending and outcomes and time.monotonic() - last >= FLUSH_SECONDS:
+                if not _flush(sender, outcomes):
+                    for future in pending:
+                        future.cancel()
+                    return EVENT, {}, False
+                outcomes = []
+                last = time.monotonic()
+    except WorkerSignal:
+        for future in pending:
+            future.cancel()
+        outcomes += [(futures[f], *f.result()) for f in pending if f.done() and not f.cancelled()]
+        if outcomes:
+            _flush(sender, outcomes)
+        raise
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
     return "task_result", _fields(sender, outcomes), all_ok
 
 
