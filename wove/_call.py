@@ -96,7 +96,7 @@ def _note_reused(runtime: Runtime, name: str, environment: str, map_index: Optio
     from .executors.records import RunRecord
 
     runtime.journal_reused += 1
-    runtime.result._jobs.setdefault(name, []).append(RunRecord(
+    runtime.result._records(name).append(RunRecord(
         task=name, run_id="", environment=environment, map_index=map_index, job_id=entry.job_id,
         state="JOURNALED", outcome="result", finished_at=entry.time, details={"journal": "reused"}))
 
@@ -109,7 +109,7 @@ async def _attempts(runtime: Runtime, name: str, func: Callable[..., Any], is_as
     """The attempts of one call; the first one reattaches to ``adopt`` (a journaled job) when given."""
     remote = await runtime.environment(environment)
     retries, timeout = settings["retries"], settings["timeout"]
-    records = runtime.result._jobs.setdefault(name, []) if remote is not None else None
+    records = runtime.result._records(name) if remote is not None else None
     attempt = 0
     while True:
         if remote is None:

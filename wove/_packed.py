@@ -27,6 +27,7 @@ from typing import Any, Callable, Optional
 
 from ._call import RemoteCall
 from ._mapping import _Failed, settle_packed
+from ._progress import outcome_bucket
 from .dispatch.error_payload import rebuild_exception
 from .executors import joblogs
 from .executors.records import ItemRecord, RunRecord
@@ -87,7 +88,11 @@ class _Map:
         self.items, self.bind, self.settings, self.per_job, self.group = items, bind, settings, per_job, group
         self.outcomes: list[Any] = [_PENDING] * len(items)
         self.job_ids: dict[int, Optional[str]] = {}   # failed items: their last attempt's job
-        self.records = runtime.result._jobs.setdefault(name, [])
+        self.records = runtime.result._records(name)
+        from ._progress import RecordList, Tally
+
+        assert isinstance(self.records, RecordList)
+        self.tally = Tally(self.records)
         self.raise_first = (settings.get("item_errors") or "raise") == "raise"
         self.failure: Optional[tuple[int, BaseException, RunRecord]] = None
         self.tasks: list[asyncio.Task[None]] = []
@@ -147,6 +152,7 @@ class _Map:
                 if not journal.is_missing(value):
                     self.outcomes[index] = value
                     _note_reused(self.runtime, self.name, self.remote.name, index, entry)
+                    self.tally.done_already()
                     continue
             if entry is not None and entry.state == "submitted" and isinstance(entry.info.get("position"), int):
                 info = {**entry.info, "job_id": entry.job_id}
@@ -168,7 +174,7 @@ class _Map:
                 task.cancel()
 
     async def element(self, indices: Sequence[Optional[int]], attempt: int, resources: Optional[dict[str, Any]],
-                      adopt: Optional[dict[str, Any]] = None) -> None:
+                      adopt: Optional[dict[str, Any]] = None, superseded: Optional[str] = None) -> None:
         """One element run of ``indices`` (and, after it, the run of its items to retry). With ``adopt`` (a
         journal's record of an element an earlier driver submitted) the element is collected, not submitted;
         its positions this run does not need are ``None``."""
@@ -177,6 +183,12 @@ class _Map:
                            submitted_at=time.time())
         item_records = [ItemRecord(record, index, attempt) if index is not None else None for index in indices]
         self.records.extend(r for r in item_records if r is not None)
+        # counted as they change: the items' earlier attempts (``superseded``: how they ended) no longer count
+        tally = self.tally.element(record, sum(r is not None for r in item_records), attempt, superseded)
+
+        def settle(item: ItemRecord, outcome: str, state: str, when: float) -> None:
+            item.settle(outcome, state, when)
+            self.tally.settle(tally, outcome)
         reported = bytearray(index is None for index in indices)   # 1 byte per item, not a list of bools
         journal_done: list[tuple[Optional[str], Optional[int], Optional[bytes]]] = []
         again: list[Optional[int]] = []   # items that raised, to retry with the same resources
@@ -194,13 +206,13 @@ class _Map:
             now = self.now
             if ok:
                 self.outcomes[index] = value
-                item.settle("result", "COMPLETED", now)
+                settle(item, "result", "COMPLETED", now)
                 if journal is not None and self.keys[index]:   # the job's own pickle is what the journal keeps
                     journal_done.append((self.keys[index], index, data))
                 return
             assert error is not None
             failures.append(error)
-            item.settle("error", "FAILED", now)
+            settle(item, "error", "FAILED", now)
             self.job_ids[index] = record.job_id
             if attempt < retries:
                 again.append(index)
@@ -259,7 +271,7 @@ class _Map:
         except asyncio.CancelledError:
             for position, item in enumerate(item_records):
                 if item is not None and not reported[position]:
-                    item.settle("cancelled", "CANCELLED", time.time())
+                    settle(item, "cancelled", "CANCELLED", time.time())
             raise
         except Exception as exc:
             element_error = exc
@@ -268,12 +280,13 @@ class _Map:
         await _attach_logs(failures if element_error is None else [*failures, element_error], record)
         if element_error is not None:   # the element ended without reporting these: the real cause
             lost = [position for position in range(len(indices)) if not reported[position]]
+            lost_outcome = record.outcome if record.outcome and record.outcome != "result" else "error"
             retry_lost: list[Optional[int]] = []
             for position in lost:
                 reported[position] = 1
                 index, item = indices[position], item_records[position]
                 assert index is not None and item is not None
-                item.settle(record.outcome or "error", record.state or "FAILED", time.time())
+                settle(item, lost_outcome, record.state or "FAILED", time.time())
                 self.job_ids[index] = record.job_id
                 if attempt < retries:
                     retry_lost.append(index)
@@ -281,9 +294,9 @@ class _Map:
                     self.final(index, element_error, record)
             if retry_lost:
                 bigger = remote.adjust_for_retry(element_error, resources, self.settings)
-                await self.element(retry_lost, attempt + 1, bigger)
+                await self.element(retry_lost, attempt + 1, bigger, superseded=outcome_bucket(lost_outcome))
         if again:
-            await self.element(again, attempt + 1, resources)
+            await self.element(again, attempt + 1, resources, superseded="failed")
 
     def final(self, index: int, error: BaseException, record: RunRecord) -> None:
         key = self.keys[index] if self.journal is not None and self.keys else None

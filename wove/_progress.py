@@ -27,20 +27,100 @@ SHOWN_REASONS = 3
 
 def _bucket(record: Any) -> str:
     outcome = record.outcome
-    if outcome == "result":
-        return "done"
-    if outcome == "cancelled":
-        return "cancelled"
     if outcome:
-        return "failed"           # error, timeout, orphaned, detached
+        return outcome_bucket(outcome)
     if getattr(record, "finished_at", None) is not None:
         return "cancelled"        # the run ended without an outcome: stopped before its job went in
-    # An executor's own states say how they count (``phase``, e.g. wove.slurm.states.RecordState); the
-    # runtime's plain ones are "RUNNING" once the task started, and waiting before that.
-    phase = getattr(record.state, "phase", None)
+    return state_bucket(record.state)
+
+
+def outcome_bucket(outcome: str) -> str:
+    """Where an ended run counts: ``result`` is done, ``cancelled`` cancelled, anything else (error,
+    timeout, orphaned, detached) failed."""
+    return "done" if outcome == "result" else "cancelled" if outcome == "cancelled" else "failed"
+
+
+def state_bucket(state: Any) -> str:
+    """Where a run still in flight counts: an executor's own states say (``phase``, e.g.
+    wove.slurm.states.RecordState); the runtime's plain ones are "RUNNING" once started, waiting before."""
+    phase = getattr(state, "phase", None)
     if phase is not None:
         return "running" if phase == "running" else "pending"
-    return "running" if record.state == "RUNNING" else "pending"
+    return "running" if state == "RUNNING" else "pending"
+
+
+class _ElementTally:
+    __slots__ = ("record", "unsettled")
+
+    def __init__(self, record: Any, unsettled: int):
+        self.record, self.unsettled = record, unsettled
+
+
+class Tally:
+    """A packed map's counts, kept as its items change, so a redraw costs one step per element in flight
+    instead of one per item (``count`` of a million records takes seconds)."""
+
+    def __init__(self, records: RecordList):
+        self._records = records
+        self._settled = {"done": 0, "failed": 0, "cancelled": 0}
+        self._elements: list[_ElementTally] = []
+        self._retried = 0
+        self._arrays: dict[str, None] = {}
+        records.tallies.append(self)
+
+    def element(self, record: Any, items: int, attempt: int, superseded: Optional[str] = None) -> _ElementTally:
+        """``items`` new item records of one element run (appended by the caller); for a retry, their
+        earlier attempts (counted in ``superseded``) no longer count."""
+        self._records.tallied += items
+        if superseded is not None:
+            self._settled[superseded] -= items
+        if attempt == 1:
+            self._retried += items
+        tally = _ElementTally(record, items)
+        self._elements.append(tally)
+        return tally
+
+    def done_already(self, items: int = 1) -> None:
+        """Records of calls read back from a journal (done, never run here)."""
+        self._records.tallied += items
+        self._settled["done"] += items
+
+    def settle(self, element: _ElementTally, outcome: str) -> None:
+        element.unsettled -= 1
+        self._settled[outcome_bucket(outcome)] += 1
+
+    def add_to(self, counts: TaskCounts, arrays: dict[str, None]) -> None:
+        for bucket, number in self._settled.items():
+            counts.counts[bucket] += number
+        counts.retried += self._retried
+        live = []
+        for element in self._elements:
+            record = element.record
+            array = record.array_job_id or record.job_id
+            if array:
+                self._arrays[array] = None
+            if element.unsettled:   # only elements in flight are looked at again
+                live.append(element)
+                bucket = state_bucket(record.state)
+                counts.counts[bucket] += element.unsettled
+                if bucket == "pending" and record.reason and record.reason != "None":
+                    counts.reasons[record.reason] += element.unsettled
+        self._elements = live
+        arrays.update(self._arrays)
+
+
+class RecordList(list[Any]):
+    """A task's records (``w.result.jobs[name]``), with the tallies of its packed maps: while every record
+    is covered by one (``tallied``), counting it needs no walk over the records."""
+
+    def __init__(self, *args: Any):
+        super().__init__(*args)
+        self.tallies: list[Tally] = []
+        self.tallied = 0
+
+
+def _tallied(records: Any) -> bool:
+    return isinstance(records, RecordList) and bool(records.tallies) and records.tallied == len(records)
 
 
 def latest(records: list[Any]) -> list[tuple[Any, int]]:
@@ -101,10 +181,19 @@ def reasons_text(reasons: Counter[str]) -> str:
     return shown + (f", {more} more" if more > 0 else "")
 
 
-def count(records: list[Any]) -> TaskCounts:
-    """One task's records (all attempts) counted per item."""
+def count(records: list[Any], arrays: Optional[dict[str, None]] = None) -> TaskCounts:
+    """One task's records (all attempts) counted per item (and their arrays noted in ``arrays``)."""
     result = TaskCounts()
+    if _tallied(records):
+        arrays = {} if arrays is None else arrays
+        for tally in records.tallies:  # type: ignore[attr-defined]
+            tally.add_to(result, arrays)
+        return result
     for record, attempts in latest(records):
+        if arrays is not None:
+            array = _array_of(record)
+            if array:
+                arrays[array] = None
         bucket = _bucket(record)
         result.counts[bucket] += 1
         if bucket == "pending" and record.reason and record.reason != "None":
@@ -114,23 +203,32 @@ def count(records: list[Any]) -> TaskCounts:
     return result
 
 
+def _array_of(record: Any) -> Optional[str]:
+    return getattr(record, "array_job_id", None) or (
+        record.job_id if getattr(record, "job_id", None) and record.map_index is not None else None)
+
+
 def status_line(records: list[Any]) -> str:
     """The header: one count per record given (give it each item's latest attempt), and the arrays."""
     counts = dict.fromkeys(BUCKETS, 0)
     arrays: dict[str, None] = {}
     for record in records:
         counts[_bucket(record)] += 1
-        array = getattr(record, "array_job_id", None) or (
-            record.job_id if getattr(record, "job_id", None) and record.map_index is not None else None)
+        array = _array_of(record)
         if array:
             arrays[array] = None
+    return _header(counts, arrays)
+
+
+def _header(counts: dict[str, int], arrays: dict[str, None]) -> str:
+    total = sum(counts.values())
     text = " | ".join(f"{name} {counts[name]}" for name in BUCKETS
                       if name in _HEADER_BUCKETS or counts[name])
     if arrays:
         shown = list(arrays)[:4]
         more = f" +{len(arrays) - len(shown)}" if len(arrays) > len(shown) else ""
         text += f" | arrays {', '.join(shown)}{more}"
-    return f"wove: {len(records)} remote tasks: {text}"
+    return f"wove: {total} remote tasks: {text}"
 
 
 def _items(number: int) -> str:
@@ -148,9 +246,9 @@ def _elapsed(seconds: float) -> str:
 
 def block(tasks: list[tuple[str, list[Any]]], elapsed: float, width: int = 0) -> list[str]:
     """The terminal block: the header, then ``  name  phase  N items: counts`` per task, cut to ``width``."""
-    everything = [record for _, records in tasks for record, _ in latest(records)]
-    lines = [f"{status_line(everything)} | {_elapsed(elapsed)}"]
-    counted = [(name, count(records)) for name, records in tasks]
+    arrays: dict[str, None] = {}
+    counted = [(name, count(records, arrays)) for name, records in tasks]
+    lines = [f"{_header(_total(counted), arrays)} | {_elapsed(elapsed)}"]
     name_width = max(len(name) for name, _ in counted)
     items_width = max(len(_items(counts.items)) for _, counts in counted)
     for name, counts in counted:
@@ -159,6 +257,14 @@ def block(tasks: list[tuple[str, list[Any]]], elapsed: float, width: int = 0) ->
     if width > 3:
         lines = [line if len(line) < width else line[:width - 4] + "..." for line in lines]
     return lines
+
+
+def _total(counted: list[tuple[str, TaskCounts]]) -> dict[str, int]:
+    total = dict.fromkeys(BUCKETS, 0)
+    for _, counts in counted:
+        for bucket, number in counts.counts.items():
+            total[bucket] += number
+    return total
 
 
 def log_line(name: str, counts: TaskCounts) -> str:
@@ -193,7 +299,7 @@ class Progress:
         order = list(getattr(self.result, "_order", ()))
         names = [name for name in order if jobs.get(name)]
         names += [name for name in jobs if jobs[name] and name not in names]
-        return [(name, list(jobs[name])) for name in names]
+        return [(name, jobs[name]) for name in names]   # the lists themselves: a RecordList keeps its tallies
 
     def _width(self) -> int:
         try:
@@ -227,8 +333,11 @@ class Progress:
     def _log(self, tasks: list[tuple[str, list[Any]]], final: bool) -> None:
         now = time.monotonic()
         out = []
+        arrays: dict[str, None] = {}
+        counted = []
         for name, records in tasks:
-            counts = count(records)
+            counts = count(records, arrays)
+            counted.append((name, counts))
             line = log_line(name, counts)
             last = self._logged.get(name)
             if (last is None or counts.phase != last[0]
@@ -236,8 +345,7 @@ class Progress:
                 out.append(line)
                 self._logged[name] = (counts.phase, line, now)
         if final:
-            everything = [record for _, records in tasks for record, _ in latest(records)]
-            out.append(f"{status_line(everything)} | after {_elapsed(now - self._started)}")
+            out.append(f"{_header(_total(counted), arrays)} | after {_elapsed(now - self._started)}")
         if out:
             self._write("".join(line + "\n" for line in out), len(out))
 

@@ -96,6 +96,15 @@ class WoveResult:
         """Remote runs per task (for Slurm: job id, array index, state, node, queue wait, run time)."""
         return {name: list(records) for name, records in self._jobs.items()}
 
+    def _records(self, name: str) -> list[Any]:
+        """Task ``name``'s record list (made on first use), where its remote runs are noted."""
+        records = self._jobs.get(name)
+        if records is None:
+            from ._progress import RecordList
+
+            records = self._jobs[name] = RecordList()
+        return records
+
     def item_errors(self) -> dict[str, list[ItemError]]:
         """The failed items of each mapped task, in input order: ``{task: [ItemError(index, item, exception,
         job_id), ...]}``; tasks without failed items are absent. Also readable as ``w.result.errors`` (unless a
