@@ -29,8 +29,10 @@ from ._call import RemoteCall
 from ._mapping import _Failed, settle_packed
 from ._progress import outcome_bucket
 from .dispatch.error_payload import rebuild_exception
+from .errors import EnvironmentExecutionError
 from .executors import joblogs
 from .executors.records import ItemRecord, RunRecord
+from .executors.runtime import ReattachError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -154,11 +156,15 @@ class _Map:
                     _note_reused(self.runtime, self.name, self.remote.name, index, entry)
                     self.tally.done_already()
                     continue
-            if entry is not None and entry.state == "submitted" and isinstance(entry.info.get("position"), int):
-                info = {**entry.info, "job_id": entry.job_id}
-                run_id = str(info.get("run_id") or "")
-                if run_id and self.remote.can_adopt(info):
-                    adopted.setdefault(run_id, (info, {}))[1][info["position"]] = index
+            if entry is not None and entry.state == "submitted" and entry.position is not None:
+                run_id = str(entry.info.get("run_id") or "")
+                group = adopted.get(run_id)
+                if group is None and run_id:
+                    info = {**entry.info, "job_id": entry.job_id}
+                    if self.remote.can_adopt(info):
+                        group = adopted[run_id] = (info, {})
+                if group is not None:
+                    group[1][entry.position] = index
                     continue
             fresh.append(index)
         return fresh, adopted
@@ -194,6 +200,7 @@ class _Map:
         again: list[Optional[int]] = []   # items that raised, to retry with the same resources
         failures: list[BaseException] = []   # their exceptions, which get the job's logs
         decoding: list[asyncio.Future[Any]] = []
+        decode_errors: list[BaseException] = []
         retries = self.settings["retries"]
 
         def done(position: int, ok: bool, value: Any, error: Optional[BaseException], data: Any) -> None:
@@ -246,10 +253,14 @@ class _Map:
 
                 def apply(task: asyncio.Future[Any]) -> None:
                     self.now = time.time()
-                    if not task.cancelled() and task.exception() is None:
-                        for entry in task.result():
-                            done(*entry)
-                        journal_flush()
+                    if task.cancelled():
+                        return
+                    if task.exception() is not None:   # those items count as lost (below), never dropped
+                        decode_errors.append(task.exception())  # type: ignore[arg-type]
+                        return
+                    for entry in task.result():
+                        done(*entry)
+                    journal_flush()
                 future.add_done_callback(apply)
                 decoding.append(future)
                 return
@@ -271,17 +282,36 @@ class _Map:
         except asyncio.CancelledError:
             for position, item in enumerate(item_records):
                 if item is not None and not reported[position]:
+                    reported[position] = 1   # a flush decoded later must not settle it again
                     settle(item, "cancelled", "CANCELLED", time.time())
             raise
+        except ReattachError:
+            # Its run directory went away: submit the items afresh (positions compacted: a new element).
+            fresh: list[Optional[int]] = []
+            for position, item in enumerate(item_records):
+                if item is not None and not reported[position]:
+                    reported[position] = 1
+                    settle(item, "cancelled", "CANCELLED", time.time())
+                    fresh.append(indices[position])
+            await self.element(fresh, attempt, resources, superseded="cancelled")
+            return
         except Exception as exc:
             element_error = exc
         if decoding:
             await asyncio.gather(*decoding, return_exceptions=True)
+        if element_error is None and not all(reported):
+            # The element ended without a word about some items (a flush that could not be read, or lost
+            # between two drivers): they did not succeed, so they fail or retry like any lost item.
+            cause = f": {decode_errors[0]}" if decode_errors else ""
+            element_error = EnvironmentExecutionError(
+                f"an element of task {name!r} (job {record.job_id}) ended without reporting "
+                f"{len(reported) - sum(reported)} of its items{cause}")
         await _attach_logs(failures if element_error is None else [*failures, element_error], record)
+        retry_lost: list[Optional[int]] = []
+        lost_outcome = "error"
         if element_error is not None:   # the element ended without reporting these: the real cause
             lost = [position for position in range(len(indices)) if not reported[position]]
             lost_outcome = record.outcome if record.outcome and record.outcome != "result" else "error"
-            retry_lost: list[Optional[int]] = []
             for position in lost:
                 reported[position] = 1
                 index, item = indices[position], item_records[position]
@@ -292,11 +322,15 @@ class _Map:
                     retry_lost.append(index)
                 else:
                     self.final(index, element_error, record)
-            if retry_lost:
-                bigger = remote.adjust_for_retry(element_error, resources, self.settings)
-                await self.element(retry_lost, attempt + 1, bigger, superseded=outcome_bucket(lost_outcome))
+        retry_runs = []
+        if element_error is not None and retry_lost:
+            bigger = remote.adjust_for_retry(element_error, resources, self.settings)
+            retry_runs.append(self.element(retry_lost, attempt + 1, bigger,
+                                           superseded=outcome_bucket(lost_outcome)))
         if again:
-            await self.element(again, attempt + 1, resources, superseded="failed")
+            retry_runs.append(self.element(again, attempt + 1, resources, superseded="failed"))
+        if retry_runs:   # both at once: items that raised do not wait for an out-of-memory retry to run
+            await asyncio.gather(*retry_runs)
 
     def final(self, index: int, error: BaseException, record: RunRecord) -> None:
         key = self.keys[index] if self.journal is not None and self.keys else None
@@ -348,8 +382,6 @@ def _rebuild(fields: Any, record: RunRecord, remote: RemoteEnvironment) -> BaseE
 
 
 def _unreadable(name: str, exc: Exception) -> BaseException:
-    from .errors import EnvironmentExecutionError
-
     return EnvironmentExecutionError(
         f"an item of task {name!r} finished but its result could not be unpickled in the weave process: "
         f"{type(exc).__name__}: {exc}")

@@ -298,3 +298,42 @@ def test_failed_calls_are_recorded_and_run_again(tmp_path):
             (tmp_path / "fixed").write_text("")
         else:
             assert w.result.flaky == [0, 1, 2] and _RAN == [1]   # only the failed item ran again
+
+
+def test_torn_line_is_cut_off_so_the_next_drivers_first_line_loads(tmp_path):
+    path = str(tmp_path / "j")
+    journal = Journal.open(path)
+    journal.record("a", "task", "done", result=pickle.dumps(1))
+    journal.close()
+    entries = tmp_path / "j" / ENTRIES
+    entries.write_bytes(entries.read_bytes()[:-5])        # the crash tore the line of "a"
+    second = Journal.open(path)
+    assert second.skipped == 1 and second.lookup("a") is None
+    second.record("b", "task", "done", result=pickle.dumps(2))
+    second.close()
+    third = Journal.open(path)
+    assert third.skipped == 0 and third.result_bytes(third.lookup("b")) == pickle.dumps(2)
+    third.close()
+
+
+def test_packed_element_lines_and_a_result_that_arrived_before_its_submission(tmp_path):
+    """One line per element: its submitted keys in element order (positions), one per flush of results; a
+    done line written before the element's submitted line still counts as done, on reload too."""
+    path = str(tmp_path / "j")
+    journal = Journal.open(path)
+    journal.record_many("sweep", "done", [("k1", 1, pickle.dumps("one"))], job_id="7_0")
+    journal.record_many("sweep", "submitted", [("k0", 0, None), ("k1", 1, None), (None, 2, None), ("k3", 3, None)],
+                        job_id="7_0", run_id="r", signing_key="s")
+    big = pickle.dumps(b"x" * 100_000)
+    journal.record_many("sweep", "done", [("k3", 3, big)], job_id="7_0")
+    for reader in (journal, None):
+        if reader is None:   # (a large result's file is written by the writer thread, by close at the latest)
+            journal.close()
+            reader = Journal.open(path)
+            assert reader.result_bytes(reader.lookup("k3")) == big
+        assert reader.lookup("k1").state == "done"
+        assert reader.result_bytes(reader.lookup("k1")) == pickle.dumps("one")
+        k0 = reader.lookup("k0")
+        assert (k0.state, k0.position, k0.job_id, k0.info["run_id"]) == ("submitted", 0, "7_0", "r")
+        assert reader.lookup("k3").state == "done" and reader.lookup("k3").inline is None   # in a result file
+    reader.close()

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from .sender import EventSender
 
 FLUSH_SECONDS = 1.0
+FLUSH_BYTES = 64 * 1024 * 1024   # ... or sooner once this much result data waits (memory, one spool file)
 EVENT = "items_done"
 
 
@@ -40,6 +41,7 @@ def run(func: Callable[..., Any], calls: list[tuple[tuple[Any, ...], dict[str, A
     all_ok = True
     loop = None
     last = time.monotonic()
+    waiting = 0   # bytes of result pickles not flushed yet
     try:
         for position, (args, kwargs) in enumerate(calls):
             try:
@@ -57,23 +59,41 @@ def run(func: Callable[..., Any], calls: list[tuple[tuple[Any, ...], dict[str, A
                 all_ok = False
             else:
                 try:
-                    outcomes.append((position, True, _dumps(value)))
+                    pickled = _dumps(value)
+                    outcomes.append((position, True, pickled))
+                    waiting += len(pickled)
                 except Exception as exc:
                     outcomes.append((position, False, unpicklable(value, exc)))
                     all_ok = False
-            if time.monotonic() - last >= FLUSH_SECONDS:
+            if time.monotonic() - last >= FLUSH_SECONDS or waiting >= FLUSH_BYTES:
                 if not _flush(sender, outcomes):
                     return EVENT, {}, False
-                outcomes = []
+                outcomes, waiting = [], 0
                 last = time.monotonic()
     except WorkerSignal:
-        if outcomes:
-            _flush(sender, outcomes)   # what finished is kept; the caller reports the rest as cancelled
+        _last_flush(sender, outcomes)   # what finished is kept; the caller reports the rest as cancelled
         raise
     finally:
         if loop is not None:
             loop.close()
-    return "task_result", _fields(sender, outcomes), all_ok
+    return "task_result", _final(sender, outcomes, all_ok), all_ok
+
+
+def _final(sender: EventSender, outcomes: list[tuple[int, bool, Any]], all_ok: bool) -> dict[str, Any]:
+    fields = _fields(sender, outcomes)
+    if not all_ok:
+        fields["failed_items"] = True   # the weave keeps this job's logs (keep_logs="on_failure")
+    return fields
+
+
+def _last_flush(sender: EventSender, outcomes: list[tuple[int, bool, Any]]) -> None:
+    """After a stop signal: no second signal interrupts it, and it is quick (Slurm's SIGKILL follows)."""
+    from .worker import SIGNAL_POST_SECONDS, _ignore_signals
+
+    _ignore_signals()
+    sender.limit_retries(SIGNAL_POST_SECONDS)
+    if outcomes:
+        _flush(sender, outcomes)
 
 
 def _parallelism() -> int:
@@ -84,6 +104,10 @@ def _parallelism() -> int:
         return max(1, int(os.environ.get("SLURM_CPUS_PER_TASK") or os.environ.get("WOVE_ITEM_PARALLELISM") or 1))
     except ValueError:
         return 1
+
+
+def _sent(future: Any) -> bool:
+    return bool(getattr(future, "sent", False))
 
 
 def _one(func: Callable[..., Any], args: Any, kwargs: Any, error_fields: Callable[[BaseException], dict[str, Any]],
@@ -126,6 +150,7 @@ def _run_parallel(func: Callable[..., Any], calls: list[tuple[tuple[Any, ...], d
                 ok, data = future.result()
                 outcomes.append((futures[future], ok, data))
                 all_ok = all_ok and ok
+                future.sent = True   # type: ignore[attr-defined]   # (taken: a stop signal must not resend it)
             if pending and outcomes and time.monotonic() - last >= FLUSH_SECONDS:
                 if not _flush(sender, outcomes):
                     for future in pending:
@@ -136,13 +161,14 @@ def _run_parallel(func: Callable[..., Any], calls: list[tuple[tuple[Any, ...], d
     except WorkerSignal:
         for future in pending:
             future.cancel()
-        outcomes += [(futures[f], *f.result()) for f in pending if f.done() and not f.cancelled()]
-        if outcomes:
-            _flush(sender, outcomes)
+        known = {position for position, _, _ in outcomes}
+        outcomes += [(futures[f], *f.result()) for f in futures
+                     if f.done() and not f.cancelled() and futures[f] not in known and not _sent(f)]
+        _last_flush(sender, outcomes)
         raise
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
-    return "task_result", _fields(sender, outcomes), all_ok
+    return "task_result", _final(sender, outcomes, all_ok), all_ok
 
 
 async def _awaited(value: Any) -> Any:

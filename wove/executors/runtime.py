@@ -35,6 +35,11 @@ log = logging.getLogger("wove.dispatch")
 REQUIRE_ACK_SECONDS = 30.0
 
 
+class ReattachError(EnvironmentExecutionError):
+    """A packed element an earlier driver submitted cannot be reattached (its run directory went away): the
+    caller submits its items afresh (``wove._packed``), as a new element."""
+
+
 class _Run:
     __slots__ = (
         "acked",
@@ -140,6 +145,9 @@ class RemoteEnvironment:
                         self.executor.adopt(run_id, call.task_name, adopt, record)   # type: ignore[attr-defined]
                         record.details["journal"] = "reattached"
                     except OSError as exc:   # its run directory went away or is not private: run it afresh
+                        if call.on_items is not None and call.batch is None:
+                            raise ReattachError(f"cannot reattach task {call.task_name!r} to job "
+                                                f"{adopt.get('job_id')}: {exc}") from exc
                         log.warning("wove: cannot reattach task %r to job %s (%s); submitting it again",
                                     call.task_name, adopt.get("job_id"), exc)
                         adopt = None
@@ -306,7 +314,7 @@ class RemoteEnvironment:
             record.finished_at = time.time()
             if run.call.on_items is None:
                 run.future.set_result(event.result)
-            elif self._items_done(run, event.result):
+            elif self._items_done(run, event.result) and not run.future.done():   # (it may stop its own map)
                 run.future.set_result(None)
         elif kind == "task_error":
             record.state = record.state if record.state not in ("RUNNING", "SUBMITTED") else "FAILED"

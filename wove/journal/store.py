@@ -62,6 +62,7 @@ class Entry:
     size: int = 0
     info: dict[str, Any] = field(default_factory=dict)   # what reattaching to a running job needs
     time: float = 0.0
+    position: Optional[int] = None   # its place in a packed element (whose entries share one ``info``)
 
 
 def _checksum(text: str) -> str:
@@ -166,16 +167,21 @@ class Journal:
                     job_id: Optional[str] = None, **info: Any) -> None:
         """Note one outcome for many calls (a packed element's items) in one line: ``calls`` are
         ``(key, index, pickled result or None)``; a submitted element's keys are listed in their order in
-        the element (``info["position"]`` of each entry, for reattaching)."""
+        the element (each entry's ``position``, for reattaching)."""
         now = time.time()
         rows: list[list[Any]] = []
         blobs: list[tuple[str, bytes]] = []
+        shared = dict(info)   # one dict for the element's entries, however many items it has
         for position, (key, index, result) in enumerate(calls):
             if not key:   # a call that cannot be journaled: it keeps its position, nothing more
                 rows.append(["", index])
                 continue
-            entry = Entry(key, task, state, index=index, job_id=job_id,
-                          info={**info, "position": position} if info else {}, time=now)
+            known = self.entries.get(key)
+            if state == "submitted" and known is not None and known.state == "done":
+                rows.append(["", index])   # its result arrived before its submission was noted: keep it
+                continue
+            entry = Entry(key, task, state, index=index, job_id=job_id, info=shared, time=now,
+                          position=position if state == "submitted" else None)
             row: list[Any] = [key, index]
             if result is not None:
                 entry.digest, entry.size = hashlib.sha256(result).hexdigest(), len(result)
@@ -239,7 +245,9 @@ class Journal:
             if "m" in record:   # a packed element's line: its inline results as hex too
                 record = {**record, "m": [[*row[:4], row[4].hex()] if len(row) > 4 else row for row in record["m"]]}
             lines.append(_line(record))
-        os.write(fd, b"".join(lines))
+        data = memoryview(b"".join(lines))
+        while data:   # a short write (a signal, a full disk) must not leave half a line before the next
+            data = data[os.write(fd, data):]
         os.fsync(fd)
 
     def close(self) -> None:
@@ -297,6 +305,12 @@ def _load(path: str) -> tuple[dict[str, Entry], int]:
         finally:
             os.close(fd)
         return {}, 0
+    skipped_tail = 0
+    if len(lines) > 1 and not lines[-1].endswith(b"\n"):
+        # A line torn by a crash: cut it off, so this driver's first line starts on a line of its own.
+        with open(entries_path, "r+b") as handle:
+            handle.truncate(sum(len(line) for line in lines[:-1]))
+        lines, skipped_tail = lines[:-1], 1
     header = _parse(lines[0])
     if header is None or "wove_journal" not in header:
         raise JournalError(f"{entries_path} is not a wove journal (its first line is not a journal header); "
@@ -306,7 +320,7 @@ def _load(path: str) -> tuple[dict[str, Entry], int]:
                            f"{FORMAT}; run it with the wove version that wrote it, or remove the directory to "
                            "start afresh")
     entries: dict[str, Entry] = {}
-    skipped = 0
+    skipped = skipped_tail
     for raw in lines[1:]:
         record = _parse(raw)
         if record is not None and isinstance(record.get("m"), list):
@@ -329,15 +343,18 @@ def _load(path: str) -> tuple[dict[str, Entry], int]:
 def _load_many(record: dict[str, Any], entries: dict[str, Entry]) -> bool:
     """The entries of one packed element's line (``record_many``); False when a row is malformed."""
     task, state, job_id = str(record.get("t", "")), str(record.get("s", "")), record.get("j")
-    info = record.get("x") if isinstance(record.get("x"), dict) else None
+    info: dict[str, Any] = record["x"] if isinstance(record.get("x"), dict) else {}
     at = float(record.get("at") or 0.0)
     try:
         for position, row in enumerate(record["m"]):
             key, index = str(row[0]), row[1]
             if not key:
                 continue
-            entry = Entry(key, task, state, index=index, job_id=job_id,
-                          info={**info, "position": position} if info else {}, time=at)
+            known = entries.get(key)
+            if state == "submitted" and known is not None and known.state == "done":
+                continue   # a done line written before its element's submitted line still counts
+            entry = Entry(key, task, state, index=index, job_id=job_id, info=info, time=at,
+                          position=position if state == "submitted" else None)
             if len(row) >= 4:
                 entry.digest, entry.size = str(row[2]), int(row[3])
                 if len(row) > 4:

@@ -216,7 +216,7 @@ class SlurmAdapter(BackendAdapter):
         if kind in protocol.OUTCOME_TYPES:
             self.monitor.resolved(run_id)
             self.array_files.run_done(run_id)
-        if kind == "task_error":
+        if kind == "task_error" or frame.get("failed_items"):
             self.failed_jobs += 1   # the task raised: its job's logs are kept like a Slurm failure's (keep_logs)
         return frame
 
