@@ -30,7 +30,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
-from slurm_throughput import _max_array_size, _settle, _wait_done  # noqa: E402
+from slurm_throughput import _max_array_size, _settle, _wait_done
 
 PYTHON = sys.executable
 

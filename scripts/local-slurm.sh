@@ -1,22 +1,24 @@
 #!/usr/bin/env bash
-# local-slurm.sh: a real one-node Slurm cluster on this machine, with one command.
+# local-slurm.sh: a real Slurm cluster of several nodes on this machine, with one command.
 #
 # Installs Debian's Slurm packages if missing, writes a private configuration, and
 # starts/stops munged, MariaDB, slurmdbd, slurmctld and slurmd, all as root and all
 # under one state directory. Used by wove's test suite, CI, benchmarks and the demo,
 # and by anyone who wants to try their Slurm workflows on a laptop or CI runner.
 #
-# Usage: scripts/local-slurm.sh start|stop|status|restart|env
-#   start    install (if needed), configure and start what is not running; wait for the node
+# Usage: scripts/local-slurm.sh start|stop|status|restart|env|stop-node NAME|start-node NAME
+#   start    install (if needed), configure and start what is not running; wait for the nodes
 #   stop     cancel all jobs, then stop every daemon (by pid file) and wait until gone
-#   status   print each daemon's state and sinfo; exit 0 only if the node is usable
+#   status   print each daemon's state and sinfo; exit 0 only if every node is usable
 #   restart  stop, then start (applies changed WOVE_SLURM_* settings)
 #   env      print export lines:  eval "$(scripts/local-slurm.sh env)"
+#   stop-node NAME / start-node NAME   kill one node's slurmd (SIGKILL, as a lost node) / start it again
 #
 # Environment (read by start/restart and written into the generated config):
 #   WOVE_SLURM_STATE           state directory (default /var/tmp/wove-slurm)
-#   WOVE_SLURM_CPUS            CPUs advertised on the node (default 64)
-#   WOVE_SLURM_REAL_MEMORY     node memory in MB (default 16000, less on small machines)
+#   WOVE_SLURM_NODES           nodes (slurmd daemons, n1 n2 ...; default 3; 1 = one node named after the host)
+#   WOVE_SLURM_CPUS            CPUs advertised in all, split between the nodes (default 64)
+#   WOVE_SLURM_REAL_MEMORY     memory in MB in all, split between the nodes (default 16000, less on small machines)
 #   WOVE_SLURM_ACCOUNTING      1 = slurmdbd + MariaDB, sacct works (default); 0 = no accounting
 #   WOVE_SLURM_MAX_ARRAY_SIZE  MaxArraySize (default 1001, Slurm's own default)
 #   WOVE_SLURM_CGROUP          auto (default) = cgroup v1 memory enforcement when usable;
@@ -46,7 +48,16 @@ readonly TIMEOUT=${WOVE_SLURM_TIMEOUT:-60}
 [[ $TIMEOUT =~ ^[1-9][0-9]*$ ]] || { echo "wove-slurm: error: WOVE_SLURM_TIMEOUT must be a positive integer" >&2; exit 1; }
 readonly PACKAGES=(slurmctld slurmd slurm-client munge slurmdbd mariadb-server)
 
-NODE=$(hostname -s)
+HOST=$(hostname -s)
+readonly HOST
+NODES=${WOVE_SLURM_NODES:-3}
+[[ $NODES =~ ^[1-9][0-9]?$ ]] || { echo "wove-slurm: error: WOVE_SLURM_NODES must be a number from 1 to 99, not '$NODES'" >&2; exit 1; }
+# Node names: the host's own name for one node, else n1..nN (one slurmd each, `slurmd -N nK`).
+NODE_NAMES=()
+if ((NODES == 1)); then NODE_NAMES=("$HOST"); else for ((k = 1; k <= NODES; k++)); do NODE_NAMES+=("n$k"); done; fi
+readonly NODE_NAMES
+# As Slurm writes a node list (sinfo -n, squeue -w, the partition's Nodes=).
+if ((NODES == 1)); then NODE="$HOST"; else NODE="n[1-$NODES]"; fi
 readonly NODE
 
 # Daemons in start order; stop goes in reverse.
@@ -95,7 +106,16 @@ is_uint() { [[ $1 =~ ^[0-9]+$ ]]; }
 # zombies (PID 1 does not reap them), so `kill -0` says yes for a dead daemon. Read
 # /proc/PID/stat instead: the command name must match and the state must not be Z/X.
 daemon_pid() {
-    local name=$1 pidfile=$RUN/$1.pid pid stat rest comm state
+    local name=$1 pidfile=${2:-$RUN/$1.pid} pid stat rest comm state
+    if [[ $name == slurmd && -z ${2:-} ]]; then   # every node's slurmd: alive only if all are
+        local n first=""
+        for n in "${NODE_NAMES[@]}"; do
+            pid=$(daemon_pid slurmd "$(slurmd_pidfile "$n")") || return 1
+            first=${first:-$pid}
+        done
+        echo "$first"
+        return 0
+    fi
     [[ -r $pidfile ]] || return 1
     read -r pid 2>/dev/null <"$pidfile" || return 1
     is_uint "${pid:-}" || return 1
@@ -109,7 +129,10 @@ daemon_pid() {
     echo "$pid"
 }
 
-daemon_alive() { daemon_pid "$1" >/dev/null; }
+daemon_alive() { daemon_pid "$@" >/dev/null; }
+
+slurmd_pidfile() { echo "$RUN/slurmd-$1.pid"; }   # as SlurmdPidFile's %n makes it
+slurmd_log() { echo "$LOG/slurmd-$1.log"; }
 
 # Which daemons this configuration needs.
 needed_daemons() {
@@ -122,26 +145,34 @@ needed_daemons() {
 
 # stop_daemon NAME: SIGTERM, wait, SIGKILL if it will not go; idempotent.
 stop_daemon() {
-    local name=$1 pid i
-    if ! pid=$(daemon_pid "$name"); then
-        rm -f "$RUN/$name.pid"
+    local name=$1 pidfile=${2:-$RUN/$1.pid} pid i
+    if [[ $name == slurmd && -z ${2:-} ]]; then
+        local f
+        # Every node's, also of a cluster started with other settings (and an older one-node slurmd.pid).
+        for f in "$RUN"/slurmd-*.pid "$RUN/slurmd.pid"; do
+            [[ -e $f ]] && stop_daemon slurmd "$f"
+        done
+        return 0
+    fi
+    if ! pid=$(daemon_pid "$name" "$pidfile"); then
+        rm -f "$pidfile"
         return 0
     fi
     kill -TERM "$pid" 2>/dev/null || true
     for ((i = 0; i < 150; i++)); do # 15 s
-        daemon_alive "$name" || break
+        daemon_alive "$name" "$pidfile" || break
         sleep 0.1
     done
-    if daemon_alive "$name"; then
+    if daemon_alive "$name" "$pidfile"; then
         warn "$name (pid $pid) ignored SIGTERM for 15 s; sending SIGKILL"
         kill -KILL "$pid" 2>/dev/null || true
         for ((i = 0; i < 50; i++)); do
-            daemon_alive "$name" || break
+            daemon_alive "$name" "$pidfile" || break
             sleep 0.1
         done
-        daemon_alive "$name" && die "could not stop $name (pid $pid)"
+        daemon_alive "$name" "$pidfile" && die "could not stop $name (pid $pid)"
     fi
-    rm -f "$RUN/$name.pid"
+    rm -f "$pidfile"
     say "stopped $name (pid $pid)"
 }
 
@@ -308,6 +339,9 @@ desired_settings() {
     if ! is_uint "$MAX_ARRAY_SIZE" || ((MAX_ARRAY_SIZE < 1)); then
         die "WOVE_SLURM_MAX_ARRAY_SIZE must be a positive integer, not '$MAX_ARRAY_SIZE'"
     fi
+    if ((CPUS < NODES)); then
+        die "WOVE_SLURM_CPUS ($CPUS) must be at least WOVE_SLURM_NODES ($NODES): each node needs a CPU"
+    fi
     if ! is_uint "$REAL_MEMORY" || ((REAL_MEMORY < CPUS)); then
         die "WOVE_SLURM_REAL_MEMORY must be an integer (MB) of at least WOVE_SLURM_CPUS, not '$REAL_MEMORY'"
     fi
@@ -319,8 +353,8 @@ desired_settings() {
 }
 
 settings_text() {
-    printf 'CPUS=%s\nREAL_MEMORY=%s\nACCOUNTING=%s\nMAX_ARRAY_SIZE=%s\nMEMORY_MODE=%s\nENFORCE=%s\n' \
-        "$CPUS" "$REAL_MEMORY" "$ACCOUNTING" "$MAX_ARRAY_SIZE" "$MEMORY_MODE" "$ENFORCE"
+    printf 'NODES=%s\nCPUS=%s\nREAL_MEMORY=%s\nACCOUNTING=%s\nMAX_ARRAY_SIZE=%s\nMEMORY_MODE=%s\nENFORCE=%s\n' \
+        "${HAVE_NODES:-$NODES}" "$CPUS" "$REAL_MEMORY" "$ACCOUNTING" "$MAX_ARRAY_SIZE" "$MEMORY_MODE" "$ENFORCE"
 }
 
 # Settings the existing configuration was written with (if any).
@@ -328,14 +362,28 @@ load_current_settings() {
     [[ -r $SETTINGS ]] || return 1
     local key value
     ENFORCE="(not set: written by an older local-slurm.sh)"
+    HAVE_NODES=1
     while IFS='=' read -r key value; do
         case $key in
             CPUS | REAL_MEMORY | ACCOUNTING | MAX_ARRAY_SIZE | MEMORY_MODE | ENFORCE) printf -v "$key" '%s' "$value" ;;
+            NODES) HAVE_NODES=$value ;;
         esac
     done <"$SETTINGS"
 }
 
 # ----------------------------------------------------------------- config
+
+# node_lines: one NodeName line per node, the CPUs and memory split between them (the first
+# nodes get what does not divide evenly), each slurmd on a port of its own.
+node_lines() {
+    local k cpus mem
+    for ((k = 0; k < NODES; k++)); do
+        cpus=$((CPUS / NODES + (k < CPUS % NODES ? 1 : 0)))
+        mem=$((REAL_MEMORY / NODES + (k < REAL_MEMORY % NODES ? 1 : 0)))
+        printf 'NodeName=%s NodeHostname=%s NodeAddr=127.0.0.1 Port=%s CPUs=%s RealMemory=%s State=UNKNOWN\n' \
+            "${NODE_NAMES[$k]}" "$HOST" $((6821 + k)) "$cpus" "$mem"
+    done
+}
 
 write_config() {
     local def_mem=$((REAL_MEMORY / CPUS)) max_jobs=200000
@@ -375,7 +423,7 @@ AccountingStorageType=accounting_storage/none"
 # Generated by scripts/local-slurm.sh ($(date -u +%Y-%m-%dT%H:%M:%SZ)); rewritten on start/restart.
 # Change it with WOVE_SLURM_* variables and 'local-slurm.sh restart', not by hand.
 ClusterName=$CLUSTER
-SlurmctldHost=$NODE(127.0.0.1)
+SlurmctldHost=$HOST(127.0.0.1)
 # Everything runs as root under one state directory: no slurm user, no system paths.
 SlurmUser=root
 SlurmdUser=root
@@ -389,11 +437,12 @@ AuthInfo=socket=$MUNGE_SOCKET,cred_expire=10
 SlurmctldPort=6817
 SlurmdPort=6818
 StateSaveLocation=$SPOOL/ctld
-SlurmdSpoolDir=$SPOOL/d
+# %n: each node's slurmd (several on this host) has its own spool, pid file and log.
+SlurmdSpoolDir=$SPOOL/d/%n
 SlurmctldPidFile=$RUN/slurmctld.pid
-SlurmdPidFile=$RUN/slurmd.pid
+SlurmdPidFile=$RUN/slurmd-%n.pid
 SlurmctldLogFile=$LOG/slurmctld.log
-SlurmdLogFile=$LOG/slurmd.log
+SlurmdLogFile=$LOG/slurmd-%n.log
 SlurmctldDebug=info
 SlurmdDebug=info
 MpiDefault=none
@@ -443,7 +492,9 @@ JobCompType=jobcomp/none
 # Use the configured CPUs/RealMemory instead of draining the node because the hardware
 # has fewer.
 SlurmdParameters=config_overrides
-NodeName=$NODE NodeAddr=127.0.0.1 CPUs=$CPUS RealMemory=$REAL_MEMORY State=UNKNOWN
+# A node that stops answering is marked down after SlurmdTimeout (its batch jobs requeued or failed).
+SlurmdTimeout=10
+$(node_lines)
 PartitionName=$PARTITION Nodes=$NODE Default=YES MaxTime=INFINITE State=UP
 EOF
     mv -f "$tmp" "$CONF"
@@ -475,7 +526,7 @@ EOF
 AuthType=auth/munge
 AuthInfo=socket=$MUNGE_SOCKET
 DbdAddr=127.0.0.1
-DbdHost=$NODE
+DbdHost=$HOST
 DbdPort=6819
 SlurmUser=root
 PidFile=$RUN/slurmdbd.pid
@@ -632,26 +683,50 @@ start_slurmctld() {
     say "started slurmctld (pid $(daemon_pid slurmctld))"
 }
 
-start_slurmd() {
-    rm -f "$RUN/slurmd.pid"
-    slurmd -N "$NODE" 9>&- </dev/null >>"$LOG/slurmd.log" 2>&1 || {
-        log_tail "$LOG/slurmd.log"
-        die "slurmd failed to start"
+start_slurmd() { # start_slurmd [NAME]: one node's slurmd, or every node's that is not running
+    local n
+    if [[ -z ${1:-} ]]; then
+        for n in "${NODE_NAMES[@]}"; do
+            daemon_alive slurmd "$(slurmd_pidfile "$n")" || start_slurmd "$n"
+        done
+        return 0
+    fi
+    n=$1
+    local pidfile log
+    pidfile=$(slurmd_pidfile "$n") log=$(slurmd_log "$n")
+    rm -f "$pidfile"
+    mkdir -p "$SPOOL/d/$n"
+    slurmd -N "$n" 9>&- </dev/null >>"$log" 2>&1 || {
+        log_tail "$log"
+        die "slurmd of node $n failed to start"
     }
     # Give it a moment to write its pid file before the caller checks it.
-    wait_for "slurmd" slurmd "$LOG/slurmd.log" daemon_alive slurmd
-    say "started slurmd (pid $(daemon_pid slurmd))"
+    wait_for "slurmd of node $n" - "$log" daemon_alive slurmd "$pidfile"
+    say "started slurmd of node $n (pid $(daemon_pid slurmd "$pidfile"))"
 }
 
-# Node state as sinfo prints it (idle, mixed, allocated, down*, drained, ...).
+# hup_slurmds: every running slurmd re-reads its config and registers at once.
+hup_slurmds() {
+    local n pid
+    for n in "${NODE_NAMES[@]}"; do
+        if pid=$(daemon_pid slurmd "$(slurmd_pidfile "$n")"); then kill -HUP "$pid" 2>/dev/null || true; fi
+    done
+}
+
+# Node states as sinfo prints them (idle, mixed, allocated, down*, drained, ...), one per node: the
+# worst one first (an unusable node), so that callers looking at the first line see the problem.
 node_state() {
-    timeout 5 sinfo -h -N -n "$NODE" -o %T 2>/dev/null | head -n 1
+    local states
+    states=$(timeout 5 sinfo -h -N -n "$NODE" -o %T 2>/dev/null) || return 1
+    [[ -n $states ]] || return 1
+    grep -vE '^(idle|mixed|allocated|completing)$' <<<"$states" | head -n 1 | grep . || head -n 1 <<<"$states"
 }
 
 node_usable() {
-    local s
-    s=$(node_state) || return 1
-    [[ $s =~ ^(idle|mixed|allocated|completing)$ ]]
+    local states
+    states=$(timeout 5 sinfo -h -N -n "$NODE" -o %T 2>/dev/null) || return 1
+    [[ $(wc -l <<<"$states") -ge $NODES ]] || return 1
+    ! grep -qvE '^(idle|mixed|allocated|completing)$' <<<"$states"
 }
 
 # wait_node_usable [recheck]: wait until the node can run jobs. Fails (with log tails) if a
@@ -668,7 +743,7 @@ wait_node_usable() {
         for d in $(needed_daemons); do
             if ! daemon_alive "$d"; then
                 [[ $mode == recheck ]] && return 3
-                log_tail "$LOG/$d.log"
+                [[ $d == slurmd ]] && log_tail "$LOG"/slurmd-*.log || log_tail "$LOG/$d.log"
                 die "$d died while waiting for node $NODE to become usable"
             fi
         done
@@ -681,7 +756,7 @@ wait_node_usable() {
         fi
         if ((now - start >= TIMEOUT)); then
             timeout 5 sinfo -N -l >&2 || true
-            log_tail "$LOG/slurmd.log" "$LOG/slurmctld.log"
+            log_tail "$(slurmd_log "${NODE_NAMES[0]}")" "$LOG/slurmctld.log"
             die "node $NODE not usable after ${TIMEOUT}s (state: ${s:-no answer from slurmctld})"
         fi
         sleep 0.1
@@ -746,7 +821,7 @@ cmd_start() {
     fi
 
     [[ -r $CONF ]] || write_config
-    say "state dir $STATE; node $NODE: $CPUS CPUs, $REAL_MEMORY MB, accounting $([[ $ACCOUNTING == 1 ]] && echo on || echo off)"
+    say "state dir $STATE; $NODES node(s) $NODE: $CPUS CPUs, $REAL_MEMORY MB in all, accounting $([[ $ACCOUNTING == 1 ]] && echo on || echo off)"
     if [[ $MEMORY_MODE == cgroup ]]; then
         say "memory enforcement: cgroup v1 (a job over --mem ends OUT_OF_MEMORY)"
     else
@@ -770,9 +845,9 @@ cmd_start() {
         # A restarted controller marks the node "not responding" until slurmd registers
         # again, which it otherwise does only ~4 s later. SIGHUP makes a running slurmd
         # re-read its config and register at once; its running jobs are not affected.
-        if daemon_alive slurmd; then kill -HUP "$(daemon_pid slurmd)" 2>/dev/null || true; fi
+        hup_slurmds
     fi
-    daemon_alive slurmd || start_slurmd
+    start_slurmd
     wait_node_usable
     if ((node_was_dead)); then requeue_phantom_jobs; fi
     link_system_conf
@@ -849,7 +924,17 @@ cmd_status() {
     local needed
     needed=" $(needed_daemons) "
     for d in "${ALL_DAEMONS[@]}"; do
-        if pid=$(daemon_pid "$d"); then
+        if [[ $d == slurmd ]]; then
+            local n
+            for n in "${NODE_NAMES[@]}"; do
+                if pid=$(daemon_pid slurmd "$(slurmd_pidfile "$n")"); then
+                    printf '  %-10s running (pid %s)\n' "slurmd $n" "$pid"
+                else
+                    printf '  %-10s stopped\n' "slurmd $n"
+                    ok=0
+                fi
+            done
+        elif pid=$(daemon_pid "$d"); then
             printf '  %-10s running (pid %s)\n' "$d" "$pid"
         elif [[ $needed == *" $d "* ]]; then
             printf '  %-10s stopped\n' "$d"
@@ -880,12 +965,33 @@ cmd_env() {
     printf 'export WOVE_SLURM_STATE=%q\n' "$STATE"
 }
 
+# stop-node NAME: kill that node's slurmd as a lost node would go (SIGKILL, no goodbye); its job
+# steps keep running until the controller gives the node up (SlurmdTimeout) and requeues or fails them.
+cmd_stop_node() {
+    need_root stop-node
+    local n=$1 pid
+    [[ " ${NODE_NAMES[*]} " == *" $n "* ]] || die "no node '$n' (nodes: ${NODE_NAMES[*]})"
+    pid=$(daemon_pid slurmd "$(slurmd_pidfile "$n")") || { say "slurmd of node $n is not running"; return 0; }
+    kill -KILL "$pid"
+    say "killed slurmd of node $n (pid $pid)"
+}
+
+cmd_start_node() {
+    need_root start-node
+    local n=$1
+    [[ " ${NODE_NAMES[*]} " == *" $n "* ]] || die "no node '$n' (nodes: ${NODE_NAMES[*]})"
+    daemon_alive slurmd "$(slurmd_pidfile "$n")" || start_slurmd "$n"
+    timeout 10 scontrol update nodename="$n" state=resume >/dev/null 2>&1 || true
+}
+
 usage() {
-    sed -n '9,15s/^# \{0,1\}//p' "$0" >&2
+    sed -n '9,16s/^# \{0,1\}//p' "$0" >&2
     exit 2
 }
 
 main() {
+    if [[ $# -eq 2 && $1 == stop-node ]]; then cmd_stop_node "$2"; return; fi
+    if [[ $# -eq 2 && $1 == start-node ]]; then cmd_start_node "$2"; return; fi
     [[ $# -eq 1 ]] || usage
     case $1 in
         start) cmd_start ;;

@@ -101,6 +101,28 @@ def _note_reused(runtime: Runtime, name: str, environment: str, map_index: Optio
         state="JOURNALED", outcome="result", finished_at=entry.time, details={"journal": "reused"}))
 
 
+def attempt_line(attempt: int, exc: BaseException, resources: Optional[dict[str, Any]]) -> str:
+    """``attempt 1: SlurmNodeFailError on node n2 (job 41, mem=100M): <first line>``, for the final error."""
+    node = getattr(exc, "node", "") or ""
+    job = getattr(exc, "job_id", "") or ""
+    shown = ", ".join(f"{k}={v}" for k, v in (resources or {}).items() if not k.startswith("_"))
+    where = ", ".join(part for part in (f"job {job}" if job else "", shown) if part)
+    first = (str(exc).splitlines() or [""])[0][:200]
+    return (f"attempt {attempt + 1}: {type(exc).__name__}" + (f" on node {node}" if node else "")
+            + (f" ({where})" if where else "") + (f": {first}" if first else ""))
+
+
+def note_attempts(exc: BaseException, history: list[str]) -> None:
+    """List every attempt of a call on its final error (``exc.wove_attempts`` and a traceback note)."""
+    try:
+        exc.wove_attempts = list(history)   # type: ignore[attr-defined]
+    except (AttributeError, TypeError):
+        pass
+    add_note = getattr(exc, "add_note", None)
+    if add_note is not None:
+        add_note("wove: attempts of this call:\n  " + "\n  ".join(history))
+
+
 async def _attempts(runtime: Runtime, name: str, func: Callable[..., Any], is_async: bool, args: tuple[Any, ...],
                     kwargs: dict[str, Any], settings: dict[str, Any], environment: str, *,
                     map_index: Optional[int] = None, resources: Optional[dict[str, Any]] = None,
@@ -110,7 +132,8 @@ async def _attempts(runtime: Runtime, name: str, func: Callable[..., Any], is_as
     remote = await runtime.environment(environment)
     retries, timeout = settings["retries"], settings["timeout"]
     records = runtime.result._records(name) if remote is not None else None
-    attempt = 0
+    attempt = charged = free = 0   # every attempt / those that used up a retry / the cluster's failures
+    history: list[str] = []
     while True:
         if remote is None:
             if is_async:
@@ -134,8 +157,18 @@ async def _attempts(runtime: Runtime, name: str, func: Callable[..., Any], is_as
                     f"{where} timed out after {timeout}s (attempt {attempt + 1} of {retries + 1})"
                 ) from exc
         except Exception as exc:
-            if attempt >= retries:
+            is_free = False
+            if remote is not None:
+                history.append(attempt_line(attempt, exc, resources))
+                is_free = free < remote.free_retries(exc)   # a lost node, a preemption: not the task's fault
+            if not is_free and charged >= retries:
+                if len(history) > 1:
+                    note_attempts(exc, history)
                 raise
             attempt += 1
+            if is_free:
+                free += 1
+            else:
+                charged += 1
             if remote is not None:
                 resources = remote.adjust_for_retry(exc, resources, settings)

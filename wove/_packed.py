@@ -180,7 +180,8 @@ class _Map:
                 task.cancel()
 
     async def element(self, indices: Sequence[Optional[int]], attempt: int, resources: Optional[dict[str, Any]],
-                      adopt: Optional[dict[str, Any]] = None, superseded: Optional[str] = None) -> None:
+                      adopt: Optional[dict[str, Any]] = None, superseded: Optional[str] = None,
+                      charged: Optional[int] = None, free: int = 0) -> None:
         """One element run of ``indices`` (and, after it, the run of its items to retry). With ``adopt`` (a
         journal's record of an element an earlier driver submitted) the element is collected, not submitted;
         its positions this run does not need are ``None``."""
@@ -202,6 +203,7 @@ class _Map:
         decoding: list[asyncio.Future[Any]] = []
         decode_errors: list[BaseException] = []
         retries = self.settings["retries"]
+        charged = attempt if charged is None else charged   # attempts that used up a retry (not a lost node's)
 
         def done(position: int, ok: bool, value: Any, error: Optional[BaseException], data: Any) -> None:
             if not isinstance(position, int) or position < 0 or position >= len(indices) or reported[position]:
@@ -221,7 +223,7 @@ class _Map:
             failures.append(error)
             settle(item, "error", "FAILED", now)
             self.job_ids[index] = record.job_id
-            if attempt < retries:
+            if charged < retries:
                 again.append(index)
             else:
                 self.final(index, error, record)
@@ -309,6 +311,7 @@ class _Map:
         await _attach_logs(failures if element_error is None else [*failures, element_error], record)
         retry_lost: list[Optional[int]] = []
         lost_outcome = "error"
+        lost_free = element_error is not None and free < remote.free_retries(element_error)
         if element_error is not None:   # the element ended without reporting these: the real cause
             lost = [position for position in range(len(indices)) if not reported[position]]
             lost_outcome = record.outcome if record.outcome and record.outcome != "result" else "error"
@@ -318,17 +321,18 @@ class _Map:
                 assert index is not None and item is not None
                 settle(item, lost_outcome, record.state or "FAILED", time.time())
                 self.job_ids[index] = record.job_id
-                if attempt < retries:
+                if lost_free or charged < retries:
                     retry_lost.append(index)
                 else:
                     self.final(index, element_error, record)
         retry_runs = []
         if element_error is not None and retry_lost:
             bigger = remote.adjust_for_retry(element_error, resources, self.settings)
-            retry_runs.append(self.element(retry_lost, attempt + 1, bigger,
-                                           superseded=outcome_bucket(lost_outcome)))
+            retry_runs.append(self.element(retry_lost, attempt + 1, bigger, superseded=outcome_bucket(lost_outcome),
+                                           charged=charged + (0 if lost_free else 1), free=free + lost_free))
         if again:
-            retry_runs.append(self.element(again, attempt + 1, resources, superseded="failed"))
+            retry_runs.append(self.element(again, attempt + 1, resources, superseded="failed", charged=charged + 1,
+                                           free=free))
         if retry_runs:   # both at once: items that raised do not wait for an out-of-memory retry to run
             await asyncio.gather(*retry_runs)
 

@@ -45,10 +45,6 @@ def channel(request, slurm_env):
     return request.param
 
 
-def _node() -> str:
-    return subprocess.run(["sinfo", "-h", "-o", "%N"], capture_output=True, text=True, check=True).stdout.split()[0]
-
-
 def _run_one(func, **options):
     with weave(error_mode="return") as w:
         w.do(environment="slurm", **options)(func)
@@ -160,12 +156,14 @@ def test_pending_with_queue_timeout_names_the_reason(slurm_env, prefix):
 
 
 def test_pending_for_resources_is_visible_while_waiting(slurm_env, prefix, tmp_path):
-    total = int(subprocess.run(["sinfo", "-h", "-o", "%c"], capture_output=True, text=True).stdout.split()[0])
-    blocker = subprocess.run(["sbatch", "--parsable", f"--job-name={prefix}-blocker", "--mem=50M", "--output=/dev/null",
-                              "--wrap", "sleep 120"], capture_output=True, text=True, check=True).stdout.strip()
+    nodes = len(subprocess.run(["sinfo", "-h", "-N", "-o", "%N"], capture_output=True, text=True).stdout.split())
+    # Every node, exclusively: nothing else can start until it ends.
+    blocker = subprocess.run(["sbatch", "--parsable", f"--job-name={prefix}-blocker", "--mem=50M", "--exclusive",
+                              f"--nodes={nodes}", "--output=/dev/null", "--wrap", "sleep 120"],
+                             capture_output=True, text=True, check=True).stdout.strip()
     try:
         wait_until(lambda: any("RUNNING" in line for line in squeue_jobs(prefix)), timeout=30)
-        slurm_env(queue_timeout=4, cpus_per_task=total, mem="50M")
+        slurm_env(queue_timeout=4, mem="50M")
         _, error = _run_one(lambda: 1)
     finally:
         subprocess.run(["scancel", blocker], check=False)
@@ -199,15 +197,17 @@ def test_requeued_job_still_succeeds_once(slurm_env, prefix, tmp_path):
 def test_node_down_without_requeue_is_a_node_failure(slurm_env, prefix, tmp_path):
     started_flag = tmp_path / "started"
     slurm_env(sbatch_args=["--no-requeue"])
-    node = _node()
+    seen = {}
 
     def wait_long():
-        Path(started_flag).touch()
+        Path(started_flag).write_text(os.environ["SLURMD_NODENAME"])   # the node it runs on
         time.sleep(300)
 
     def down_node():
-        wait_until(started_flag.exists, timeout=60)
-        subprocess.run(["scontrol", "update", f"nodename={node}", "state=down", "reason=wove-test"], check=True)
+        wait_until(lambda: started_flag.exists() and started_flag.read_text(), timeout=60)
+        seen["node"] = started_flag.read_text()
+        subprocess.run(["scontrol", "update", f"nodename={seen['node']}", "state=down", "reason=wove-test"],
+                       check=True)
 
     thread = threading.Thread(target=down_node)
     thread.start()
@@ -215,6 +215,7 @@ def test_node_down_without_requeue_is_a_node_failure(slurm_env, prefix, tmp_path
         _, error = _run_one(wait_long)
     finally:
         thread.join()
+        node = seen.get("node", "")
         subprocess.run(["scontrol", "update", f"nodename={node}", "state=resume"], capture_output=True)
         wait_until(lambda: "idle" in subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True,
                                                     text=True).stdout or "mix" in subprocess.run(

@@ -30,7 +30,7 @@ def test_tally_matches_counting_every_record():
     tally.settle(el_a, "error")
     items_b[0].settle("cancelled", "CANCELLED", time.time())
     tally.settle(el_b, "cancelled")
-    _, retry, el_r = _element(records, tally, [3], attempt=1, superseded="failed", state="RUNNING")
+    _element(records, tally, [3], attempt=1, superseded="failed", state="RUNNING")
     tally.done_already(0)
 
     fast_arrays: dict[str, None] = {}

@@ -187,6 +187,15 @@ class BackendAdapterEnvironmentExecutor(Reattach, EnvironmentExecutor):
         allowed = self._gate.allowed_modules if self._gate is not None else None
         return events.loads(data) if allowed is None else events.restricted_loads(data, allowed)
 
+    def free_retries(self, exc: BaseException) -> int:
+        """How many times a failure like ``exc`` (the cluster's, not the task's) may be resubmitted without
+        using up ``retries``: the adapter's ``max_requeues`` when its ``free_retry`` says so, else 0."""
+        adapter = self.adapter
+        check = getattr(adapter, "free_retry", None)
+        if check is None or not check(exc):
+            return 0
+        return int(getattr(adapter, "max_requeues", 0))
+
     def adjust_for_retry(self, exc: BaseException, resources: Optional[dict[str, Any]],
                          settings: dict[str, Any]) -> Optional[dict[str, Any]]:
         adjust = getattr(self.adapter, "adjust_for_retry", None)

@@ -402,6 +402,11 @@ class RemoteEnvironment:
         cap = self.runtime.resolver.task_value("delivery_max_in_flight", {}, self.name)
         return cap is None or cap >= items
 
+    def free_retries(self, exc: BaseException) -> int:
+        """Resubmissions a failure like ``exc`` gets without using up ``retries`` (a lost node, a preemption)."""
+        check = getattr(self.executor, "free_retries", None)
+        return int(check(exc)) if check is not None else 0
+
     def adjust_for_retry(self, exc: BaseException, resources: Optional[dict[str, Any]],
                          settings: dict[str, Any]) -> Optional[dict[str, Any]]:
         adjust = getattr(self.executor, "adjust_for_retry", None)

@@ -28,7 +28,14 @@ from . import parse, resources
 from .cancel import Canceller
 from .cli import DEFAULT_COMMAND, SlurmCli
 from .cli import _max_array_cache as _max_array_cache  # cleared by tests that reconfigure Slurm
-from .errors import SlurmCommandError, SlurmOutOfMemoryError
+from .errors import (
+    SlurmBootFailError,
+    SlurmCommandError,
+    SlurmNodeFailError,
+    SlurmOutOfMemoryError,
+    SlurmPreemptedError,
+    SlurmTimeLimitError,
+)
 from .monitor import JobMonitor
 from .pacing import Pacer
 from .parse import TRANSIENT_MARKERS as _TRANSIENT  # noqa: F401  (its old name, for the parser tests)
@@ -37,6 +44,8 @@ from .submit import ArrayFiles, Item, Submitter
 log = logging.getLogger("wove.slurm")
 
 __all__ = ["DEFAULT_COMMAND", "SlurmAdapter"]
+
+DEFAULT_MAX_REQUEUES = 3   # resubmissions after a lost node or a preemption, per call
 
 
 class SlurmAdapter(BackendAdapter):
@@ -59,6 +68,9 @@ class SlurmAdapter(BackendAdapter):
             {k: v for k, v in config.items() if k in resources.RESOURCE_KEYS}, f"environment {self.name!r}")
         self.oom_factor = config.get("oom_retry_factor")
         self.oom_max = config.get("oom_max_mem")
+        self.time_factor = config.get("time_retry_factor")
+        self.time_max = config.get("time_max")
+        self.max_requeues = int(config.get("max_requeues", DEFAULT_MAX_REQUEUES))
         self.keep_logs = config.get("keep_logs", "on_failure")
         self._log_run_dir: Optional[spool.RunDir] = None
         self.log_dir = self._open_log_dir(config.get("log_dir"))
@@ -225,9 +237,24 @@ class SlurmAdapter(BackendAdapter):
         self.array_files.run_done(run_id)
         self.emit(frame)
 
+    def free_retry(self, exc: BaseException) -> bool:
+        """A failure of the cluster, not of the task (a node lost or not booted, a preemption without
+        requeue): resubmitted without using up ``retries`` (at most ``max_requeues`` times per call)."""
+        return isinstance(exc, (SlurmNodeFailError, SlurmBootFailError, SlurmPreemptedError))
+
     def adjust_for_retry(self, exc: BaseException, task_resources: Optional[dict[str, Any]],
                          settings: dict[str, Any]) -> Optional[dict[str, Any]]:
-        """With ``oom_retry_factor``, an out-of-memory failure is retried with more memory."""
+        """The next attempt's resources, by the cause of the last failure: more memory after an out-of-memory
+        kill (``oom_retry_factor``), more time after a time limit (``time_retry_factor``), and never the node
+        that failed (``--exclude``)."""
+        if isinstance(exc, (SlurmNodeFailError, SlurmBootFailError)) and exc.node:
+            merged = resources.merge(self.env_resources, task_resources)
+            excluded = [n for n in str(merged.get("exclude") or "").split(",") if n]
+            if exc.node not in excluded:
+                return {**(task_resources or {}), "exclude": ",".join([*excluded, exc.node])}
+            return task_resources
+        if isinstance(exc, SlurmTimeLimitError) and self.time_factor:
+            return self._longer(exc, task_resources)
         if not self.oom_factor or not isinstance(exc, SlurmOutOfMemoryError):
             return task_resources
         merged = resources.merge(self.env_resources, task_resources)
@@ -241,6 +268,22 @@ class SlurmAdapter(BackendAdapter):
         if resources.mem_mb(bigger) <= resources.mem_mb(current):
             return task_resources  # at the cap: retry as is (and fail with the same error)
         return {**(task_resources or {}), "mem": bigger, "_mem_history": [*history, bigger]}
+
+    def _longer(self, exc: SlurmTimeLimitError, task_resources: Optional[dict[str, Any]]) -> Optional[dict[str, Any]]:
+        merged = resources.merge(self.env_resources, task_resources)
+        current = resources.time_seconds(str(merged.get("time") or exc.requested_time or ""))
+        if not current:   # no limit known (or "0", no limit): nothing to scale
+            return task_resources
+        minutes = -(-int(current * float(self.time_factor or 1)) // 60)
+        if self.time_max:
+            cap = resources.time_seconds(str(self.time_max))
+            if cap:
+                minutes = min(minutes, -(-cap // 60))
+        if minutes * 60 <= current:
+            return task_resources   # at the cap: retry as is (and fail the same way)
+        history = list((task_resources or {}).get("_time_history") or [str(merged.get("time") or exc.requested_time)])
+        longer = str(minutes)
+        return {**(task_resources or {}), "time": longer, "_time_history": [*history, longer]}
 
     # ------------------------------------------------------------------ close
     async def close(self) -> None:

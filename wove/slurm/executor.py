@@ -26,6 +26,8 @@ SLURM_KEYS = frozenset({
     "signal_before_timeout", "submit_retry_seconds", "drain_timeout",
     # ours: scale
     "arrays", "items_per_job", "max_array_size", "max_queued_jobs", "oom_retry_factor", "oom_max_mem",
+    # ours: retries by cause
+    "time_retry_factor", "time_max", "max_requeues",
     # resources (also accepted per task as resources={...})
     *resources.RESOURCE_KEYS,
 })
@@ -63,11 +65,16 @@ class SlurmExecutor(BackendAdapterEnvironmentExecutor):
                                  f"['{key}'], got {value!r}")
         for key, minimum in (("poll_interval", 0.05), ("poll_max", 0.05), ("queue_timeout", 0.1),
                              ("signal_before_timeout", 1), ("submit_retry_seconds", 0), ("drain_timeout", 0),
-                             ("oom_retry_factor", 1.01)):
+                             ("oom_retry_factor", 1.01), ("time_retry_factor", 1.01)):
             value = config.get(key)
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
                                       or value < minimum):
                 raise InvalidValueError(f"{where}.{key} must be a number >= {minimum}, got {value!r}")
+        requeues = config.get("max_requeues")
+        if requeues is not None and (isinstance(requeues, bool) or not isinstance(requeues, int) or requeues < 0):
+            raise InvalidValueError(f"{where}.max_requeues must be an integer >= 0, got {requeues!r}")
+        if config.get("time_max") is not None:
+            resources.validate({"time": config["time_max"]}, f"{where}.time_max")
         for key in ("items_per_job", "max_array_size", "max_queued_jobs"):
             value = config.get(key)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
