@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
-from .errors import WoveError
+from .errors import CheckpointRequested, RequeueLimitError, WoveError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -46,6 +46,8 @@ class RemoteCall:
     batch: Optional[Collection[tuple[tuple[Any, ...], dict[str, Any]]]] = None
     record: Optional[Any] = None
     on_items: Optional[Callable[[Any], None]] = None
+    restore: Any = None        # a checkpointed call's state, for its next job (``restoring`` says there is one)
+    restoring: bool = False
     journal_keys: Optional[list[Optional[str]]] = None   # a packed element's items' keys, in element order
     map_indices: Optional[list[Optional[int]]] = None    # ... and their indices in the map
 
@@ -132,8 +134,9 @@ async def _attempts(runtime: Runtime, name: str, func: Callable[..., Any], is_as
     remote = await runtime.environment(environment)
     retries, timeout = settings["retries"], settings["timeout"]
     records = runtime.result._records(name) if remote is not None else None
-    attempt = charged = free = 0   # every attempt / those that used up a retry / the cluster's failures
+    attempt = charged = free = requeues = 0   # attempts / those that used up a retry / lost nodes / checkpoints
     history: list[str] = []
+    restore: tuple[Any, ...] = ()   # (state,) once the task checkpointed
     while True:
         if remote is None:
             if is_async:
@@ -144,7 +147,8 @@ async def _attempts(runtime: Runtime, name: str, func: Callable[..., Any], is_as
         else:
             awaitable = remote.run(RemoteCall(
                 name, func, args, kwargs, settings, map_index=map_index, attempt=attempt,
-                records=records, resources=resources, group=group, journal_key=journal_key),
+                records=records, resources=resources, group=group, journal_key=journal_key,
+                restore=restore[0] if restore else None, restoring=bool(restore)),
                 adopt=adopt if attempt == 0 else None)
         try:
             if timeout is None:
@@ -156,6 +160,18 @@ async def _attempts(runtime: Runtime, name: str, func: Callable[..., Any], is_as
                 raise TaskTimeoutError(
                     f"{where} timed out after {timeout}s (attempt {attempt + 1} of {retries + 1})"
                 ) from exc
+        except CheckpointRequested as saved:
+            if remote is None:
+                raise
+            limit = remote.requeue_limit(resources)
+            if requeues >= limit:
+                raise RequeueLimitError(
+                    f"task {name!r}{'' if map_index is None else f' item {map_index}'} checkpointed "
+                    f"{requeues + 1} times, more than max_requeues={limit}: raise max_requeues (executor_config, "
+                    "or resources={'max_requeues': ...}), or let each job do more of the work") from saved
+            requeues += 1
+            attempt += 1
+            restore = (saved.state,)
         except Exception as exc:
             is_free = False
             if remote is not None:

@@ -230,6 +230,22 @@ class ExecutorStartError(EnvironmentExecutionError):
     """An environment's executor could not start (missing module, bad command, port in use...)."""
 
 
+class CheckpointRequested(EnvironmentExecutionError):
+    """A remote task ended its attempt with ``wove.slurm.checkpoint(state)``: wove submits the call again
+    with ``state`` (seen only when that is not possible, e.g. through an executor that cannot requeue)."""
+
+    def __init__(self, message: str, state: Any = None):
+        super().__init__(message)
+        self.state = state
+
+    def __reduce__(self):
+        return (type(self), (str(self), self.state))
+
+
+class RequeueLimitError(EnvironmentExecutionError):
+    """A call checkpointed (or lost its node) more often than ``max_requeues`` allows."""
+
+
 # --------------------------------------------------------------------------- Slurm (defined in wove.slurm.errors)
 
 #: Names that live in ``wove.slurm.errors`` and stay importable from here. They are loaded on first use

@@ -55,7 +55,7 @@ def run(func: Callable[..., Any], calls: list[tuple[tuple[Any, ...], dict[str, A
             except WorkerSignal:
                 raise
             except BaseException as exc:   # SystemExit and KeyboardInterrupt in a task are its outcome too
-                outcomes.append((position, False, error_fields(exc)))
+                outcomes.append((position, False, error_fields(_not_packed(exc))))
                 all_ok = False
             else:
                 try:
@@ -96,6 +96,15 @@ def _last_flush(sender: EventSender, outcomes: list[tuple[int, bool, Any]]) -> N
         _flush(sender, outcomes)
 
 
+def _not_packed(exc: BaseException) -> BaseException:
+    from .checkpoint import Checkpoint
+
+    if isinstance(exc, Checkpoint):
+        return RuntimeError("wove.slurm.checkpoint() ends a job of its own, which the items of a packed map "
+                            "(items_per_job > 1) do not have: run the task with items_per_job=1 to checkpoint it")
+    return exc
+
+
 def _parallelism() -> int:
     """Items run at once: the job's CPUs (``cpus_per_task``), as for the per-item path."""
     import os
@@ -120,7 +129,7 @@ def _one(func: Callable[..., Any], args: Any, kwargs: Any, error_fields: Callabl
 
             value = asyncio.run(_awaited(value))
     except BaseException as exc:
-        return False, error_fields(exc)
+        return False, error_fields(_not_packed(exc))
     try:
         return True, _dumps(value)
     except Exception as exc:

@@ -76,6 +76,10 @@ class RunTask(_Frame):
     #: A packed element: the ``(args, kwargs)`` of each of its items, run in one job (``args`` is unused);
     #: its outcomes come as ``items_done`` events and the final ``task_result`` (see ``dispatch.batch``).
     batch: Optional[Collection[tuple[tuple[Any, ...], dict[str, Any]]]] = None
+    #: A checkpointed call submitted again: the state its task saved (``restoring`` tells a ``None`` state
+    #: from none at all); the job's ``wove.slurm.restored_state()`` returns it.
+    restore: Any = None
+    restoring: bool = False
     type: str = field(default="run_task", init=False)
 
 
@@ -101,7 +105,8 @@ class Shutdown(_Frame):
 
 Command = Union[RunTask, CancelTask, Shutdown]
 
-EVENT_KINDS = ("task_started", "task_result", "task_error", "task_cancelled", "heartbeat", "items_done")
+EVENT_KINDS = ("task_started", "task_result", "task_error", "task_cancelled", "heartbeat", "items_done",
+               "task_checkpoint")
 
 
 @dataclass(frozen=True, eq=False)

@@ -89,7 +89,8 @@ class PayloadBuilder:
     async def build(self, *, run_id: str, task_id: Optional[str], task_name: Optional[str],
                     func: Callable[..., Any], args: tuple[Any, ...], kwargs: Mapping[str, Any],
                     delivery: Mapping[str, Any], mapped: bool,
-                    batch: Optional[Collection[tuple[tuple[Any, ...], dict[str, Any]]]] = None) -> dict[str, Any]:
+                    batch: Optional[Collection[tuple[tuple[Any, ...], dict[str, Any]]]] = None,
+                    restore: Optional[tuple[Any]] = None) -> dict[str, Any]:
         """The payload for one run: pickled on the loop when tiny, else in this builder's thread.
 
         The items of one mapped task share their function's pickle, made once: every item waits for that
@@ -103,6 +104,15 @@ class PayloadBuilder:
             return await self._owned(run_id, asyncio.get_running_loop().run_in_executor(
                 self._thread, self._assemble_batch, run_id, task_id, task_name, func, shared_fn, batch, delivery))
         pickling.warn_open_files(func, args, kwargs, task_name, task_id)
+        if restore is not None:   # a checkpointed call: its state rides like an argument (a file when large)
+            payload = await self.build(run_id=run_id, task_id=task_id, task_name=task_name, func=func, args=args,
+                                       kwargs=kwargs, delivery=delivery, mapped=mapped)
+            payload["restored_state"] = await asyncio.get_running_loop().run_in_executor(
+                self._thread, lambda: self._field(pickling.dumps_buffers(restore[0]), f"{run_id}.restore",
+                                                  lambda: pickling.dumps(restore[0])))
+            if payload["restored_state"].startswith(protocol.SPOOL_PREFIX):
+                payload["version"] = protocol.PAYLOAD_VERSION_BUFFERS
+            return payload
         shared: Optional[str] = None
         if mapped:
             shared = await self._shared_callable(func, task_name)

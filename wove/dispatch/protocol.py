@@ -45,8 +45,9 @@ H_RUN, H_EVENT, H_SEQ, H_INCARNATION, H_SIGNATURE = (
     "x-wove-run", "x-wove-event", "x-wove-seq", "x-wove-incarnation", "x-wove-signature")
 
 EVENT_TYPES = ("task_started", "task_result", "task_error", "task_cancelled", "heartbeat",
-               "items_done")   # items_done: some items of a packed element finished (dispatch.batch)
-OUTCOME_TYPES = ("task_result", "task_error", "task_cancelled")
+               "items_done",        # some items of a packed element finished (dispatch.batch)
+               "task_checkpoint")   # the task ended its attempt with a state to go on from (dispatch.checkpoint)
+OUTCOME_TYPES = ("task_result", "task_error", "task_cancelled", "task_checkpoint")
 
 
 class PayloadError(ValueError):

@@ -22,7 +22,7 @@ DEFAULT_POST_SECONDS = 60.0
 # the events go to the spool.
 FALLBACK_AFTER_SECONDS = 3.0
 FILE_EVENT_INLINE_BYTES = 4 * 1024 * 1024   # filesystem channel: larger results get a file of their own
-_RESULT_EVENTS = ("task_result", "items_done")   # events whose result may move to a spool file
+_RESULT_EVENTS = ("task_result", "items_done", "task_checkpoint")   # events whose result may be spooled
 
 
 class EventSender:

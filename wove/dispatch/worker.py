@@ -7,8 +7,9 @@ its tiny HTTP/1.1 client (``httpclient``); ``asyncio`` is imported only for ``as
 
 Exit codes: 0 the task succeeded, 1 it raised (or could not even start), 2 its outcome could not be
 delivered, 3 the payload was missing or corrupt, 4 the weave could not be reached and the outcome was left
-in the run's spool, 5 the task was not started because its weave is gone (``lease``), 128+N it was stopped
-by signal N (after reporting; a weave gone while the task ran stops it with SIGTERM).
+in the run's spool, 5 the task was not started because its weave is gone (``lease``), 6 the task saved a
+checkpoint and ended its attempt (``wove.slurm.checkpoint``: the weave submits it again), 128+N it was
+stopped by signal N (after reporting; a weave gone while the task ran stops it with SIGTERM).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import os
 import sys
 import threading
 
-from . import lease, protocol, spool
+from . import checkpoint, lease, protocol, spool
 from .httpclient import Connection
 from .sender import EventSender, shrink
 from .transfer import _b64, _dumps, _load_field, _result_fields, _SpoolRefused, _with_shared
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
 
 EXIT_OK, EXIT_TASK_FAILED, EXIT_UNDELIVERED, EXIT_BAD_PAYLOAD = 0, 1, 2, 3
 EXIT_SPOOLED = protocol.EXIT_SPOOLED   # 4: the weave could not be reached; the outcome waits in the spool
+EXIT_CHECKPOINT = 6
 #: Set when the job is warned (SIGUSR1, from executor_config "signal_before_timeout") that its time is nearly up.
 TIME_WARNING = threading.Event()
 SIGNAL_POST_SECONDS = 10.0   # after SIGTERM there is little time left (Slurm's KillWait is 30 s by default)
@@ -197,6 +199,7 @@ def execute(payload: dict[str, Any], *, sender: Optional[EventSender] = None,
                 return EXIT_UNDELIVERED
             code = EXIT_OK if all_ok else EXIT_TASK_FAILED
         else:
+            checkpoint.begin(payload)
             outcome, fields, code = _run_one(payload, func, args, kwargs, sender)
     finally:
         if heartbeat is not None:
@@ -219,6 +222,15 @@ def _run_one(payload: dict[str, Any], func: Callable[..., Any], args: Any, kwarg
             value = asyncio.run(_await())
     except WorkerSignal:
         raise
+    except checkpoint.Checkpoint as saved:   # the weave submits the call again, starting from this state
+        try:
+            outcome, fields, code = "task_checkpoint", _result_fields(saved.state, sender), EXIT_CHECKPOINT
+        except _SpoolRefused as refused:
+            outcome, fields, code = "task_error", _error_fields(refused.error, source="spool"), EXIT_TASK_FAILED
+        except Exception as exc:
+            fields = _error_fields(exc, message=f"the state given to wove.slurm.checkpoint() cannot be pickled: "
+                                                f"{type(exc).__name__}: {exc}")
+            outcome, code = "task_error", EXIT_TASK_FAILED
     except BaseException as exc:   # SystemExit and KeyboardInterrupt in a task are its outcome too
         outcome, fields, code = "task_error", _error_fields(exc), EXIT_TASK_FAILED
     else:

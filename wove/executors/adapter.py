@@ -187,6 +187,11 @@ class BackendAdapterEnvironmentExecutor(Reattach, EnvironmentExecutor):
         allowed = self._gate.allowed_modules if self._gate is not None else None
         return events.loads(data) if allowed is None else events.restricted_loads(data, allowed)
 
+    def requeue_limit(self, resources: Optional[dict[str, Any]]) -> int:
+        """Checkpoints one call may make (each one submits it again): the adapter's, 0 if it has none."""
+        limit = getattr(self.adapter, "requeue_limit", None)
+        return int(limit(resources)) if limit is not None else 0
+
     def free_retries(self, exc: BaseException) -> int:
         """How many times a failure like ``exc`` (the cluster's, not the task's) may be resubmitted without
         using up ``retries``: the adapter's ``max_requeues`` when its ``free_retry`` says so, else 0."""
@@ -365,7 +370,8 @@ class BackendAdapterEnvironmentExecutor(Reattach, EnvironmentExecutor):
         return await builder.build(
             run_id=frame["run_id"], task_id=frame.get("task_id"), task_name=frame.get("task_name"),
             func=frame["callable"], args=tuple(args), kwargs=dict(kwargs), delivery=frame.get("delivery") or {},
-            mapped=frame.get("map_index") is not None, batch=frame.get("batch"))
+            mapped=frame.get("map_index") is not None, batch=frame.get("batch"),
+            restore=(frame.get("restore"),) if frame.get("restoring") else None)
 
     def encode_payload(self, payload: dict[str, Any]) -> str:
         threshold = int(self._config.get("spool_threshold") or DEFAULT_SPOOL_THRESHOLD)

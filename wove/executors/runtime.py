@@ -19,7 +19,13 @@ from typing import TYPE_CHECKING, Any, Optional
 from .. import _config
 from ..dispatch.error_payload import error_dict, rebuild_exception
 from ..dispatch.messages import CancelTask, Delivery, Event, RunTask
-from ..errors import DeliveryOrphanedError, DeliveryTimeoutError, EnvironmentExecutionError, InvalidValueError
+from ..errors import (
+    CheckpointRequested,
+    DeliveryOrphanedError,
+    DeliveryTimeoutError,
+    EnvironmentExecutionError,
+    InvalidValueError,
+)
 from . import joblogs
 from .base import EnvironmentExecutor
 from .records import RunRecord
@@ -119,7 +125,8 @@ class RemoteEnvironment:
                 idempotency_key=_idempotency_key(settings["delivery_idempotency_key"], call),
                 cancel_mode=settings["delivery_cancel_mode"], orphan_policy=settings["delivery_orphan_policy"]),
             attempt=call.attempt, map_index=call.map_index, resources=call.resources, group=call.group,
-            workers=settings["workers"], record=record, batch=call.batch)
+            workers=settings["workers"], record=record, batch=call.batch, restore=call.restore,
+            restoring=call.restoring)
 
     async def _run(self, call: RemoteCall, adopt: Optional[Mapping[str, Any]] = None) -> Any:
         if self._closed is not None:
@@ -322,6 +329,11 @@ class RemoteEnvironment:
             record.finished_at = time.time()
             error = event.error or error_dict("Error", "remote task failed", source="executor")
             self._fail(run, event.exception, error)
+        elif kind == "task_checkpoint":   # the task saved a state and ended its attempt: submitted again
+            record.state, record.outcome = "CHECKPOINTED", "checkpoint"
+            record.finished_at = time.time()
+            run.future.set_exception(CheckpointRequested(
+                f"task {run.call.task_name!r} checkpointed (run {run.run_id})", state=event.result))
         elif kind == "task_cancelled":
             record.state, record.outcome = "CANCELLED", record.outcome or "cancelled"
             record.finished_at = time.time()
@@ -401,6 +413,11 @@ class RemoteEnvironment:
             return False
         cap = self.runtime.resolver.task_value("delivery_max_in_flight", {}, self.name)
         return cap is None or cap >= items
+
+    def requeue_limit(self, resources: Optional[dict[str, Any]]) -> int:
+        """Checkpoints one call may make here (``max_requeues``), 0 where the executor cannot requeue."""
+        check = getattr(self.executor, "requeue_limit", None)
+        return int(check(resources)) if check is not None else 0
 
     def free_retries(self, exc: BaseException) -> int:
         """Resubmissions a failure like ``exc`` gets without using up ``retries`` (a lost node, a preemption)."""

@@ -33,6 +33,8 @@ TYPE_CHECKING = False  # `typing` is not needed at run time here; jobs import th
 
 _EXPORTS = {
     "time_limit_near": "wove.slurm.tasks",
+    "checkpoint": "wove.slurm.tasks",
+    "restored_state": "wove.slurm.tasks",
     "job_environment": "wove.slurm.custom",
     "job_name": "wove.slurm.custom",
     "submit_job": "wove.slurm.custom",
@@ -88,4 +90,6 @@ if TYPE_CHECKING:  # static type checkers see the real names
     from .errors import SlurmSubmitLimitError as SlurmSubmitLimitError
     from .errors import SlurmTimeLimitError as SlurmTimeLimitError
     from .parse import parse_job_id as parse_job_id
+    from .tasks import checkpoint as checkpoint
+    from .tasks import restored_state as restored_state
     from .tasks import time_limit_near as time_limit_near

@@ -237,6 +237,12 @@ class SlurmAdapter(BackendAdapter):
         self.array_files.run_done(run_id)
         self.emit(frame)
 
+    def requeue_limit(self, task_resources: Optional[dict[str, Any]]) -> int:
+        """How many times one call may checkpoint and be submitted again (``max_requeues``, per task in
+        ``resources`` or for the environment)."""
+        limit = (task_resources or {}).get("max_requeues")
+        return int(limit) if limit is not None else self.max_requeues
+
     def free_retry(self, exc: BaseException) -> bool:
         """A failure of the cluster, not of the task (a node lost or not booted, a preemption without
         requeue): resubmitted without using up ``retries`` (at most ``max_requeues`` times per call)."""

@@ -133,6 +133,12 @@ def _names(key: str, value: Any) -> str:
     return _text(key, value)
 
 
+def _count(key: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise InvalidValueError(f"resources[{key!r}] must be an integer >= 0, got {value!r}")
+    return value
+
+
 def _flag(key: str, value: Any) -> bool:
     if not isinstance(value, bool):
         raise InvalidValueError(f"resources[{key!r}] must be True or False, got {value!r}")
@@ -170,6 +176,7 @@ SUBMIT_KEYS: dict[str, Callable[[str, Any], Any]] = {
     "items_per_job": _positive_int,
     "arrays": _flag,
     "max_queued_jobs": _positive_int,
+    "max_requeues": _count,
 }
 _ADDITIVE = ("sbatch_args", "setup")
 _RESERVED_ARGS = ("--wrap", "--array", "--parsable", "--output", "--error", "-o", "-e", "-a")

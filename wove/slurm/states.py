@@ -189,8 +189,10 @@ def job_error(info: JobInfo, stderr_tail: str = "", *, task: str = "", log_path:
         cls = errors.SlurmTimeLimitError
         limit = info.requested_time or "its time limit"
         message = (f"{where} hit its time limit of {limit} (state {state.value}{node}{elapsed}); raise time "
-                   f"(resources={{'time': ...}}), split the work into shorter tasks, or checkpoint when "
-                   "wove.slurm.time_limit_near() turns true (executor_config 'signal_before_timeout')")
+                   f"(resources={{'time': ...}}, or time_retry_factor), split the work into shorter tasks, or "
+                   "call wove.slurm.checkpoint(state) when wove.slurm.time_limit_near() turns true (executor_config "
+                   "'signal_before_timeout'): wove submits the call again and wove.slurm.restored_state() gives "
+                   "the next job that state")
     elif state is JobState.NODE_FAIL:
         cls = errors.SlurmNodeFailError
         message = (f"{where} was lost because node {info.node or '?'} failed or was set down{elapsed}; "
