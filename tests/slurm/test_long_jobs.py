@@ -128,3 +128,67 @@ def test_scontrol_requeue_resumes_from_the_last_saved_state(executor, prefix, tm
     start, restarts = w.result.steps
     assert restarts == 1 and start >= 4   # resumed, not started over
     assert len(w.result.jobs["steps"]) == 1   # one job, requeued by Slurm
+
+
+SCRIPT = os.path.join(os.path.dirname(__file__), "..", "..", "scripts", "local-slurm.sh")
+
+
+def _nodes() -> list[str]:
+    out = subprocess.run(["sinfo", "-h", "-N", "-o", "%N"], capture_output=True, text=True, check=True).stdout
+    return sorted(set(out.split()))
+
+
+def test_a_two_node_task_runs_once_and_reaches_every_node_with_srun(executor, prefix):
+    """``nodes=2``: the function runs once, on the batch host, inside the allocation; ``srun`` launches a
+    step on both nodes (the documented way to use all of them)."""
+    assert len(_nodes()) >= 2, "the local cluster has one node: scripts/local-slurm.sh starts 3 by default"
+    executor()
+    with weave() as w:
+        @w.do(environment="slurm", resources={"nodes": 2, "ntasks": 2})
+        def spread():
+            step = subprocess.run(["srun", "printenv", "SLURMD_NODENAME"], capture_output=True, text=True,
+                                  check=True)
+            return os.environ["SLURMD_NODENAME"], sorted(step.stdout.split()), os.environ["SLURM_JOB_NUM_NODES"]
+
+    batch_host, step_hosts, count = w.result.spread
+    assert count == "2" and len(set(step_hosts)) == 2 and batch_host in step_hosts
+    assert len(w.result.jobs["spread"]) == 1
+
+
+def test_a_lost_node_moves_the_task_to_another_node_without_using_a_retry(executor, prefix, tmp_path):
+    """The slurmd of the node running the task is killed; Slurm gives the node up (NODE_FAIL, the job may
+    not be requeued by Slurm here) and wove submits the task again, excluding that node, with retries=0."""
+    assert len(_nodes()) >= 2, "the local cluster has one node: scripts/local-slurm.sh starts 3 by default"
+    executor(sbatch_args=["--no-requeue"])
+    flag = tmp_path / "first"
+    killed: dict[str, str] = {}
+
+    def kill_its_node():
+        wait_until(lambda: flag.exists() and flag.read_text(), timeout=60)
+        killed["node"] = flag.read_text()
+        subprocess.run([SCRIPT, "stop-node", killed["node"]], check=True, capture_output=True)
+
+    thread = threading.Thread(target=kill_its_node)
+    thread.start()
+    try:
+        with weave() as w:
+            @w.do(environment="slurm", retries=0)
+            def where():
+                import time as clock
+
+                node = os.environ["SLURMD_NODENAME"]
+                if not flag.exists():
+                    flag.write_text(node)
+                    clock.sleep(120)   # lost with its node
+                return node
+    finally:
+        thread.join()
+        if killed.get("node"):
+            subprocess.run([SCRIPT, "start-node", killed["node"]], capture_output=True)
+            wait_until(lambda: subprocess.run(["sinfo", "-h", "-n", killed["node"], "-o", "%T"], capture_output=True,
+                                              text=True).stdout.strip() in ("idle", "mixed", "allocated"), 60)
+
+    assert w.result.where != killed["node"]
+    first, second = w.result.jobs["where"]
+    assert first.node == killed["node"] and first.state == "NODE_FAIL"
+    assert second.state == "COMPLETED" and second.node == w.result.where
