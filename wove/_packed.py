@@ -20,19 +20,16 @@ flush of finished items (the job's own pickles of their results, no pickling aga
 from __future__ import annotations
 
 import asyncio
-import base64
 import time
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any, Callable, Optional
 
 from ._call import RemoteCall
 from ._mapping import _Failed, settle_packed
+from ._packed_items import Calls, attach_logs, eligible, rebuild, unreadable
 from ._progress import outcome_bucket
-from .dispatch.error_payload import rebuild_exception
-from .errors import EnvironmentExecutionError
-from .executors import joblogs
+from .errors import EnvironmentExecutionError, ReattachError
 from .executors.records import ItemRecord, RunRecord
-from .executors.runtime import ReattachError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -42,42 +39,8 @@ if TYPE_CHECKING:
 _PENDING = object()
 #: Results of one flush larger than this are unpickled in a thread, not on the event loop.
 _DECODE_IN_THREAD_BYTES = 1 << 20
-_SMALL = 4096
 
-
-def eligible(runtime: Runtime, remote: Optional[RemoteEnvironment], settings: dict[str, Any],
-             resources: Optional[dict[str, Any]], first_call: Optional[tuple[tuple[Any, ...], dict[str, Any]]]
-             ) -> int:
-    """Items per element when this map can go out packed, else 0 (take the per-item path)."""
-    if remote is None or first_call is None:
-        return 0
-    if settings["timeout"] is not None or settings["workers"] or settings["limit_per_minute"]:
-        return 0
-    if settings["delivery_timeout"] or settings["delivery_idempotency_key"] is not None:
-        return 0
-    if settings["delivery_orphan_policy"] == "detach":
-        return 0
-    if runtime.resolver.task_value("delivery_max_in_flight", {}, remote.name):
-        return 0
-    size = remote.batch_size(resources)
-    if size <= 1:
-        return 0
-    args, kwargs = first_call
-    # Large inputs every item shares travel once per run directory on the per-item path (shared inputs);
-    # packed, they would be pickled into every element.
-    if not all(_small(value) for value in (*args, *kwargs.values())):
-        return 0
-    return size
-
-
-def _small(value: Any) -> bool:
-    if isinstance(value, (type(None), bool, int, float, complex)):
-        return True
-    if isinstance(value, (str, bytes)):
-        return len(value) <= _SMALL
-    if isinstance(value, tuple) and len(value) <= 16:
-        return all(_small(part) for part in value)
-    return False
+__all__ = ["eligible", "run_packed"]
 
 
 class _Map:
@@ -125,7 +88,7 @@ class _Map:
             raise
         if self.failure is not None:
             _, exc, record = self.failure
-            await _attach_logs([exc], record)
+            await attach_logs([exc], record)
             raise exc
         for task in self.tasks:   # an element task that failed outside its items (a bug) must not be lost
             if not task.cancelled() and task.exception() is not None:
@@ -235,9 +198,9 @@ class _Map:
                     try:
                         decoded.append((position, True, remote.load_value(data), None, data))
                     except Exception as exc:
-                        decoded.append((position, False, None, _unreadable(name, exc), None))
+                        decoded.append((position, False, None, unreadable(name, exc), None))
                 else:
-                    decoded.append((position, False, None, _rebuild(data, record, remote), None))
+                    decoded.append((position, False, None, rebuild(data, record, remote), None))
             return decoded
 
         def journal_flush() -> None:
@@ -275,7 +238,7 @@ class _Map:
             keys = [self.keys[index] if index is not None else None for index in indices]
         call = RemoteCall(name, self.func, (), {}, self.settings, attempt=attempt, records=None,
                           resources=resources, group=self.group,
-                          batch=None if adopt is not None else _Calls(self.bind, self.items, indices),
+                          batch=None if adopt is not None else Calls(self.bind, self.items, indices),
                           record=record, on_items=on_items, journal_keys=keys or None,
                           map_indices=list(indices) if keys else None)
         element_error: Optional[BaseException] = None
@@ -308,7 +271,7 @@ class _Map:
             element_error = EnvironmentExecutionError(
                 f"an element of task {name!r} (job {record.job_id}) ended without reporting "
                 f"{len(reported) - sum(reported)} of its items{cause}")
-        await _attach_logs(failures if element_error is None else [*failures, element_error], record)
+        await attach_logs(failures if element_error is None else [*failures, element_error], record)
         retry_lost: list[Optional[int]] = []
         lost_outcome = "error"
         lost_free = element_error is not None and free < remote.free_retries(element_error)
@@ -344,63 +307,6 @@ class _Map:
             self.stop(index, error, record)
         else:
             self.outcomes[index] = _Failed(error)
-
-
-class _Calls(Collection[tuple[tuple[Any, ...], dict[str, Any]]]):
-    """An element's items' ``(args, kwargs)``, made as the payload builder reads them (in its thread) and
-    never kept: a million items in flight hold no million argument dicts."""
-
-    __slots__ = ("_bind", "_indices", "_items")
-
-    def __init__(self, bind: Callable[[Any], tuple[tuple[Any, ...], dict[str, Any]]], items: Sequence[Any],
-                 indices: Sequence[Optional[int]]):
-        self._bind, self._items, self._indices = bind, items, indices
-
-    def __len__(self) -> int:
-        return sum(1 for index in self._indices if index is not None)
-
-    def __iter__(self) -> Iterator[tuple[tuple[Any, ...], dict[str, Any]]]:
-        bind, items = self._bind, self._items
-        for index in self._indices:
-            if index is not None:
-                yield bind(items[index])
-
-    def __contains__(self, call: object) -> bool:
-        return any(call == other for other in self)
-
-
-def _rebuild(fields: Any, record: RunRecord, remote: RemoteEnvironment) -> BaseException:
-    """An item's exception from its error fields (the job's traceback text, and the pickled exception when
-    it can be rebuilt here)."""
-    if not isinstance(fields, dict):
-        return RuntimeError(f"malformed item outcome: {type(fields).__name__}")
-    exception = None
-    encoded = fields.get("exception_pickle")
-    if isinstance(encoded, str):
-        try:
-            exception = remote.load_value(base64.b64decode(encoded))
-        except Exception:
-            exception = None
-    error: dict[str, Any] = fields["error"] if isinstance(fields.get("error"), dict) else {}
-    return rebuild_exception(exception if isinstance(exception, BaseException) else None, error)
-
-
-def _unreadable(name: str, exc: Exception) -> BaseException:
-    return EnvironmentExecutionError(
-        f"an item of task {name!r} finished but its result could not be unpickled in the weave process: "
-        f"{type(exc).__name__}: {exc}")
-
-
-async def _attach_logs(failures: list[BaseException], record: RunRecord) -> None:
-    """Give each failed item's exception its job (``exc.wove_job``: log paths and the stderr tail, read once
-    for the element, in a thread)."""
-    failures = [exc for exc in failures if getattr(exc, "wove_job", None) is None]
-    if not failures or not (record.job_id or record.stderr_path):
-        return
-    text = await asyncio.to_thread(joblogs.tail, record.stderr_path)
-    logs = joblogs.JobLogs(record.job_id, record.node, record.stdout_path, record.stderr_path, text)
-    for exc in failures:
-        joblogs.attach(exc, logs, note=getattr(exc, "stderr_tail", None) is None)
 
 
 async def run_packed(runtime: Runtime, remote: RemoteEnvironment, name: str, func: Callable[..., Any],

@@ -242,6 +242,11 @@ class CheckpointRequested(EnvironmentExecutionError):
         return (type(self), (str(self), self.state))
 
 
+class ReattachError(EnvironmentExecutionError):
+    """A packed element an earlier driver submitted cannot be reattached (its run directory went away): its
+    items are submitted afresh, as a new element (``wove._packed``)."""
+
+
 class RequeueLimitError(EnvironmentExecutionError):
     """A call checkpointed (or lost its node) more often than ``max_requeues`` allows."""
 

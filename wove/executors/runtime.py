@@ -25,9 +25,11 @@ from ..errors import (
     DeliveryTimeoutError,
     EnvironmentExecutionError,
     InvalidValueError,
+    ReattachError,
 )
 from . import joblogs
 from .base import EnvironmentExecutor
+from .capabilities import Capabilities
 from .records import RunRecord
 
 if TYPE_CHECKING:
@@ -39,11 +41,6 @@ __all__ = ["RemoteEnvironment", "RunRecord", "make_executor"]
 log = logging.getLogger("wove.dispatch")
 
 REQUIRE_ACK_SECONDS = 30.0
-
-
-class ReattachError(EnvironmentExecutionError):
-    """A packed element an earlier driver submitted cannot be reattached (its run directory went away): the
-    caller submits its items afresh (``wove._packed``), as a new element."""
 
 
 class _Run:
@@ -79,7 +76,7 @@ def make_executor(executor: Any) -> EnvironmentExecutor:
     return executor
 
 
-class RemoteEnvironment:
+class RemoteEnvironment(Capabilities):
     """Runs calls through one environment's executor and resolves them from its event frames."""
 
     def __init__(self, name: str, spec: dict[str, Any], runtime: Runtime):
@@ -109,10 +106,6 @@ class RemoteEnvironment:
             return await self._run(call, adopt)
         async with self._in_flight:
             return await self._run(call, adopt)
-
-    def can_adopt(self, info: Mapping[str, Any]) -> bool:
-        check = getattr(self.executor, "can_adopt", None)
-        return bool(check is not None and check(info))
 
     def _message(self, run_id: str, call: RemoteCall, record: RunRecord) -> RunTask:
         settings = call.settings
@@ -186,19 +179,8 @@ class RemoteEnvironment:
         journal = self.runtime.journal
         info_of = getattr(self.executor, "journal_info", None)
         info = info_of(run_id) if info_of is not None else None
-        if journal is None or info is None or not record.job_id:
-            return
-        if call.journal_keys:   # a packed element: one line for all its items, in their element order
-            indices = call.map_indices or [None] * len(call.journal_keys)
-            journal.record_many(call.task_name, "submitted", [(key, index, None) for key, index in
-                                                              zip(call.journal_keys, indices)],
-                                job_id=record.job_id, run_id=run_id, environment=self.name,
-                                stderr=record.stderr_path, **info)
-            return
-        if call.journal_key is None:
-            return
-        journal.record(call.journal_key, call.task_name, "submitted", index=call.map_index, job_id=record.job_id,
-                       run_id=run_id, environment=self.name, stderr=record.stderr_path, **info)
+        if journal is not None and info is not None and record.job_id:
+            journal.submitted(call, run_id, record.job_id, self.name, record.stderr_path, info)
 
     async def _wait(self, run: _Run) -> Any:
         settings = run.settings
@@ -361,21 +343,6 @@ class RemoteEnvironment:
             return False
         return True
 
-    def batch_size(self, resources: Optional[dict[str, Any]]) -> int:
-        """How many items of a mapped task go to one job here (``items_per_job``): above 1, the map can go
-        out as packed elements (``wove._packed``)."""
-        size = getattr(self.executor, "items_per_job", None)
-        return int(size(resources)) if size is not None else 1
-
-    def load_value(self, data: bytes) -> Any:
-        """Unpickle one packed item's result the way this environment rebuilds results (``unpickle_allow``)."""
-        load = getattr(self.executor, "load_value", None)
-        if load is not None:
-            return load(data)
-        import pickle
-
-        return pickle.loads(data)
-
     def _fail(self, run: _Run, exception: Any, error: dict[str, Any]) -> None:
         """Fail ``run`` with the rebuilt exception, carrying its job's log paths and stderr tail if it had a
         job. Rebuilding reads source files for the traceback and the tail reads the log: both in a thread."""
@@ -402,32 +369,6 @@ class RemoteEnvironment:
         task = asyncio.get_running_loop().create_task(finish())
         self._finishing.add(task)
         task.add_done_callback(self._finishing.discard)
-
-    def handles_workers(self, items: int, settings: dict[str, Any]) -> bool:
-        """True when the executor can enforce a mapped task's ``workers`` itself (Slurm's array ``%N``).
-
-        Only when all items go out together: a launch-rate limit or an in-flight cap would trickle them
-        out as separate jobs that no array throttle covers.
-        """
-        if not getattr(self.executor, "handles_workers", False) or settings["limit_per_minute"]:
-            return False
-        cap = self.runtime.resolver.task_value("delivery_max_in_flight", {}, self.name)
-        return cap is None or cap >= items
-
-    def requeue_limit(self, resources: Optional[dict[str, Any]]) -> int:
-        """Checkpoints one call may make here (``max_requeues``), 0 where the executor cannot requeue."""
-        check = getattr(self.executor, "requeue_limit", None)
-        return int(check(resources)) if check is not None else 0
-
-    def free_retries(self, exc: BaseException) -> int:
-        """Resubmissions a failure like ``exc`` gets without using up ``retries`` (a lost node, a preemption)."""
-        check = getattr(self.executor, "free_retries", None)
-        return int(check(exc)) if check is not None else 0
-
-    def adjust_for_retry(self, exc: BaseException, resources: Optional[dict[str, Any]],
-                         settings: dict[str, Any]) -> Optional[dict[str, Any]]:
-        adjust = getattr(self.executor, "adjust_for_retry", None)
-        return adjust(exc, resources, settings) if adjust is not None else resources
 
     async def aclose(self) -> None:
         """Stop reading events and stop the executor; runs still pending become orphaned."""

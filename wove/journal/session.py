@@ -202,6 +202,19 @@ class JournalSession:
             self.last_job[key] = fields.get("job_id")
         self.journal.record(key, task, state, **fields)
 
+    def submitted(self, call: Any, run_id: str, job_id: str, environment: str, stderr: str,
+                  info: dict[str, Any]) -> None:
+        """A remote call's job went in: note it, with what a later driver needs to collect its outcome
+        (``info``: the run's spool and signing key). A packed element is one line for all its items, their
+        keys in element order (``call.journal_keys``)."""
+        fields = {"run_id": run_id, "environment": environment, "stderr": stderr, **info}
+        if call.journal_keys:
+            indices = call.map_indices or [None] * len(call.journal_keys)
+            self.record_many(call.task_name, "submitted", [(key, index, None) for key, index in
+                                                           zip(call.journal_keys, indices)], job_id=job_id, **fields)
+        elif call.journal_key is not None:
+            self.record(call.journal_key, call.task_name, "submitted", index=call.map_index, job_id=job_id, **fields)
+
     def _warn(self, task: str, message: str) -> None:
         if task not in self._warned:
             self._warned.add(task)
