@@ -49,13 +49,13 @@ def restored() -> Any:
     after Slurm requeued this very job, the last one it saved; ``None`` on a first run."""
     if "restored" in _current:
         return _current["restored"]
+    from .transfer import _load_field
+
     payload = _current.get("payload")
     value: Any = None
     if payload is not None:
         field = payload.get("restored_state")
         if isinstance(field, str):
-            from .transfer import _load_field
-
             value = _load_field(field, "restored state", str(payload.get("cloudpickle") or ""))
         path = state_path(payload)
         if path and int(os.environ.get("SLURM_RESTART_COUNT") or 0) > 0 and os.path.exists(path):
