@@ -196,7 +196,8 @@ def test_requeued_job_still_succeeds_once(slurm_env, prefix, tmp_path):
 
 def test_node_down_without_requeue_is_a_node_failure(slurm_env, prefix, tmp_path):
     started_flag = tmp_path / "started"
-    slurm_env(sbatch_args=["--no-requeue"])
+    # max_requeues=0: no resubmission on another node (tests/slurm/test_long_jobs.py covers that), the error
+    slurm_env(sbatch_args=["--no-requeue"], max_requeues=0)
     seen = {}
 
     def wait_long():
