@@ -5,7 +5,7 @@ from __future__ import annotations
 import pickle
 
 import pytest
-from dispatch_helpers import LiveReceiver, b64, run_worker
+from dispatch_helpers import b64, run_worker
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -23,13 +23,6 @@ def in_a_packed_map(x):
     from wove.slurm import checkpoint
 
     checkpoint(x)
-
-
-@pytest.fixture
-def receiver():
-    live = LiveReceiver().start()
-    yield live
-    live.stop()
 
 
 def test_checkpoint_ends_the_attempt_with_its_state_and_exit_6(receiver):

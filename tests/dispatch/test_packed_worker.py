@@ -46,13 +46,6 @@ def outcomes(receiver: LiveReceiver, run_id: str) -> dict[int, tuple[bool, objec
     return seen
 
 
-@pytest.fixture
-def receiver():
-    live = LiveReceiver().start()
-    yield live
-    live.stop()
-
-
 def test_each_item_has_its_own_outcome(receiver):
     payload = packed(receiver, item, range(5))
     done = run_worker(payload)

@@ -192,22 +192,10 @@ class PayloadBuilder:
         if not _small(args, kwargs):   # large arguments: written once per run directory, by content
             args, kwargs, inputs = self.shared_inputs.split(run_id, func, tuple(args), kwargs, task_name, task_id)
         try:
-            delivery = dict(delivery)
-            if self.post_timeout:
-                delivery["post_timeout"] = self.post_timeout
-            payload = {
-                **self.static,
-                "run_id": run_id,
-                "task_id": task_id,
-                "task_name": task_name,
-                "callable_pickle": shared,
-                "args_pickle": self._field(
-                    pickling.pickle_arguments(func, tuple(args), dict(kwargs), task_name, task_id,
-                                              dump=pickling.dumps_buffers),
-                    args_name(run_id), lambda: pickling.dumps((tuple(args), dict(kwargs)))),
-                "delivery": delivery,
-                "signing": {"alg": "hmac-sha256", "key": protocol.new_key()},
-            }
+            payload = self._envelope(run_id, task_id, task_name, shared, self._field(
+                pickling.pickle_arguments(func, tuple(args), dict(kwargs), task_name, task_id,
+                                          dump=pickling.dumps_buffers),
+                args_name(run_id), lambda: pickling.dumps((tuple(args), dict(kwargs)))), delivery)
         except BaseException:   # no payload, so no run to ``forget`` later: let go of its inputs now
             self.shared_inputs.release(run_id)
             raise
@@ -235,23 +223,22 @@ class PayloadBuilder:
             for args, kwargs in calls:
                 pickling.pickle_arguments(func, args, kwargs, task_name, task_id)
             raise
+        payload = self._envelope(run_id, task_id, task_name, shared,
+                                 self._field(pickled, args_name(run_id), lambda: pickling.dumps(calls)), delivery)
+        payload["batch"] = len(calls)
+        # A job of an older wove would run the list as one item's arguments: it must refuse the payload.
+        payload["version"] = protocol.PAYLOAD_VERSION_BUFFERS
+        return payload
+
+    def _envelope(self, run_id: str, task_id: Optional[str], task_name: Optional[str], callable_field: str,
+                  args_field: str, delivery: Mapping[str, Any]) -> dict[str, Any]:
+        """The payload around its two pickles: the static fields, the run, delivery and a fresh signing key."""
         delivery = dict(delivery)
         if self.post_timeout:
             delivery["post_timeout"] = self.post_timeout
-        payload = {
-            **self.static,
-            "run_id": run_id,
-            "task_id": task_id,
-            "task_name": task_name,
-            "callable_pickle": shared,
-            "args_pickle": self._field(pickled, args_name(run_id), lambda: pickling.dumps(calls)),
-            "batch": len(calls),
-            "delivery": delivery,
-            "signing": {"alg": "hmac-sha256", "key": protocol.new_key()},
-            # A job of an older wove would run the list as one item's arguments: it must refuse the payload.
-            "version": protocol.PAYLOAD_VERSION_BUFFERS,
-        }
-        return payload
+        return {**self.static, "run_id": run_id, "task_id": task_id, "task_name": task_name,
+                "callable_pickle": callable_field, "args_pickle": args_field, "delivery": delivery,
+                "signing": {"alg": "hmac-sha256", "key": protocol.new_key()}}
 
     def _field(self, pickled: tuple[bytes, list[memoryview]], name: str, in_band: Callable[[], bytes]) -> str:
         """Base64 of a small pickle, or ``spool:<path>`` of a private buffer file holding a large one (its
