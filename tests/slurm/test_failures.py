@@ -302,7 +302,9 @@ def test_introspection_and_debug_report(slurm_env, prefix, capsys):
         assert record.job_id and record.array_job_id and record.array_index in (0, 1)
         assert record.state == "COMPLETED" and record.node
         assert record.queue_wait is not None and record.queue_wait >= 0
-        assert record.run_time is not None and record.run_time >= 0.2
+        # run_time is measured on the driver, between the receipt of the job's "running" and "result"
+        # events, so delivery jitter can shave a few ms off the task's 0.2 s sleep
+        assert record.run_time is not None and record.run_time >= 0.1
     out = capsys.readouterr().out
     assert "--- wove remote runs ---" in out and records[0].job_id in out
 
