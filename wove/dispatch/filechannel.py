@@ -72,9 +72,13 @@ class FileChannel:
         loop = asyncio.get_running_loop()
         while True:
             files = await loop.run_in_executor(self._thread, self._read_new)
+            held: set[str] = set()   # runs with an event not readable yet: their later events wait behind it
             for item in files:
+                if item.run_id in held:
+                    continue   # applying it would consume its sequence number and make the held one a replay
                 try:
-                    await self._apply(item)
+                    if not await self._apply(item):
+                        held.add(item.run_id)
                 except Exception:  # one bad file must not stop the channel
                     log.exception("wove: could not process event file %s", item.name)
             await asyncio.sleep(self.poll_seconds)
@@ -116,12 +120,13 @@ class FileChannel:
             files.append(item)
         return files
 
-    async def _apply(self, item: _EventFile) -> None:
+    async def _apply(self, item: _EventFile) -> bool:
+        """Verify, decode and hand on one file's event; False if it stays for the next round."""
         name, run_id, incarnation, seq = item.name, item.run_id, item.incarnation, item.seq
         gate = self.gate
         status = item.status
         if self.keep_unknown and status == FORBIDDEN:
-            return
+            return True   # another run's: not this channel's to hold back or delete
         frame = None
         if status == OK:
             status, frame = gate.parse(run_id, item.event, incarnation, seq, None, item.decoded)
@@ -133,7 +138,7 @@ class FileChannel:
                     frame = gate.unpack(frame)
             except OSError:
                 gate.count_rejection(UNAVAILABLE)
-                return   # not readable yet: the file stays for the next round
+                return False   # not readable yet: the file stays for the next round
             except (ValueError, TypeError):
                 frame = None
             gate.commit(run_id, incarnation, seq)
@@ -142,4 +147,5 @@ class FileChannel:
             if self.poll_seconds >= FALLBACK_POLL_SECONDS:
                 frame["via_spool"] = True   # HTTP did not work for this run (``wove doctor`` tells)
             self.on_frame(frame)
+        return True
 
