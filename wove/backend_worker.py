@@ -4,9 +4,25 @@ The payload comes from the first argument or ``WOVE_BACKEND_PAYLOAD``: base64 JS
 for payloads written to the shared spool directory. Kept tiny: it runs once per remote job.
 """
 
+import os
 import sys
+import threading
 
 from wove.dispatch.worker import main
 
+
+def _exit(code: int) -> None:
+    """Exit with ``code``; without waiting for item threads of a packed element that still run (it stopped
+    because its outcomes could not be delivered: nobody collects them, and Python would join the threads)."""
+    running = [t for t in threading.enumerate() if t.name.startswith("wove-item") and t.is_alive()]
+    if running:
+        print(f"wove.backend_worker: stopping with {len(running)} item(s) still running, since their outcomes "
+              "cannot be delivered", file=sys.stderr)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main(sys.argv))
+    _exit(main(sys.argv))

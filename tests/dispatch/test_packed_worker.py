@@ -101,3 +101,29 @@ def test_items_run_on_the_jobs_cpus_at_once(receiver):
     seen = outcomes(receiver, payload["run_id"])
     assert sorted(seen) == list(range(6)) and all(ok for ok, _ in seen.values())
     assert len({name for _, name in seen.values()}) == 3
+
+
+def quick_then_stuck(x):
+    time.sleep(0.05 if x < 2 else 30)
+    return x
+
+
+def test_an_undeliverable_flush_ends_the_job_without_waiting_for_running_items(receiver):
+    """Two items at a time; the first two finish, their flush is refused (the weave forgot the run), and
+    items 2 and 3 are still in their 30 s sleep: the job exits at once instead of keeping the allocation."""
+    from dispatch_helpers import start_worker, wait_until
+
+    payload = packed(receiver, quick_then_stuck, range(4))
+    started = time.monotonic()
+    proc = start_worker(payload, env={"SLURM_CPUS_PER_TASK": "2"})
+    try:
+        wait_until(lambda: "task_started" in receiver.types_of(payload["run_id"]), 15)
+        receiver.gate.forget(payload["run_id"])   # its flush now gets 403 and, with no events_dir, is lost
+        _, err = proc.communicate(timeout=25)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 2, err   # EXIT_UNDELIVERED
+    assert time.monotonic() - started < 20, "the job waited for its stuck items"
+    assert "2 item(s) still running" in err, err
