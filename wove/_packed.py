@@ -26,9 +26,9 @@ from typing import Any, Callable, Optional
 
 from ._call import RemoteCall
 from ._mapping import _Failed, settle_packed
-from ._packed_items import Calls, attach_logs, eligible, rebuild, unreadable
+from ._packed_items import Calls, attach_logs, eligible, rebuild, unpicklable_items, unreadable
 from ._progress import outcome_bucket
-from .errors import EnvironmentExecutionError, ReattachError
+from .errors import EnvironmentExecutionError, ReattachError, TaskPicklingError
 from .executors.records import ItemRecord, RunRecord
 
 TYPE_CHECKING = False
@@ -186,7 +186,7 @@ class _Map:
             failures.append(error)
             settle(item, "error", "FAILED", now)
             self.job_ids[index] = record.job_id
-            if charged < retries:
+            if charged < retries and isinstance(error, Exception):   # SystemExit, KeyboardInterrupt: no retry
                 again.append(index)
             else:
                 self.final(index, error, record)
@@ -260,6 +260,13 @@ class _Map:
                     fresh.append(indices[position])
             await self.element(fresh, attempt, resources, superseded="cancelled")
             return
+        except TaskPicklingError as exc:   # some item's arguments cannot travel: fail those, send the rest
+            if record.job_id or adopt is not None:
+                element_error = exc
+            else:
+                await self._split_unpicklable(indices, item_records, reported, settle, record, exc, attempt,
+                                              resources, charged, free)
+                return
         except Exception as exc:
             element_error = exc
         if decoding:
@@ -299,12 +306,34 @@ class _Map:
         if retry_runs:   # both at once: items that raised do not wait for an out-of-memory retry to run
             await asyncio.gather(*retry_runs)
 
+    async def _split_unpicklable(self, indices: Sequence[Optional[int]], item_records: list[Optional[ItemRecord]],
+                                 reported: bytearray, settle: Callable[[ItemRecord, str, str, float], None],
+                                 record: RunRecord, error: TaskPicklingError, attempt: int,
+                                 resources: Optional[dict[str, Any]], charged: int, free: int) -> None:
+        """The element was not submitted because an item's arguments cannot be pickled: those items fail
+        with their own ``TaskPicklingError`` (not retried: it would fail again), the others go as a new element."""
+        bad = await asyncio.to_thread(unpicklable_items, self.func, self.bind, self.items, indices, self.name)
+        rest: list[Optional[int]] = []
+        for position, item in enumerate(item_records):
+            index = indices[position]
+            if item is None or index is None or reported[position]:
+                continue
+            reported[position] = 1
+            if index in bad or not bad:   # (none alone: together they do not pickle; all fail with that)
+                settle(item, "error", "FAILED", time.time())
+                self.final(index, bad.get(index, error), record)
+            else:
+                settle(item, "cancelled", "CANCELLED", time.time())
+                rest.append(index)
+        if rest:
+            await self.element(rest, attempt, resources, superseded="cancelled", charged=charged, free=free)
+
     def final(self, index: int, error: BaseException, record: RunRecord) -> None:
         key = self.keys[index] if self.journal is not None and self.keys else None
         if key and self.journal is not None:   # shown by `wove journal`; a rerun runs the call again
             self.journal.record(key, self.name, "failed", index=index, error=f"{type(error).__name__}: {error}"[:500])
-        if self.raise_first:
-            self.stop(index, error, record)
+        if self.raise_first or not isinstance(error, Exception):   # an item's SystemExit stops the map, as
+            self.stop(index, error, record)                        # it does one item per job or locally
         else:
             self.outcomes[index] = _Failed(error)
 

@@ -10,7 +10,7 @@ from collections.abc import Collection, Iterator, Sequence
 from typing import Any, Callable, Optional
 
 from .dispatch.error_payload import rebuild_exception
-from .errors import EnvironmentExecutionError
+from .errors import EnvironmentExecutionError, TaskPicklingError
 from .executors import joblogs
 from .executors.records import RunRecord
 
@@ -112,3 +112,22 @@ async def attach_logs(failures: list[BaseException], record: RunRecord) -> None:
     logs = joblogs.JobLogs(record.job_id, record.node, record.stdout_path, record.stderr_path, text)
     for exc in failures:
         joblogs.attach(exc, logs, note=getattr(exc, "stderr_tail", None) is None)
+
+
+def unpicklable_items(func: Callable[..., Any], bind: Callable[[Any], tuple[tuple[Any, ...], dict[str, Any]]],
+                      items: Sequence[Any], indices: Sequence[Optional[int]], name: str
+                      ) -> dict[int, TaskPicklingError]:
+    """(Thread) The items of an element whose arguments cannot be pickled, each with the error that names it
+    (its index, the argument, the part): they fail alone, as they would one item per job."""
+    from .dispatch import pickling
+
+    bad: dict[int, TaskPicklingError] = {}
+    for index in indices:
+        if index is None:
+            continue
+        args, kwargs = bind(items[index])
+        try:
+            pickling.pickle_arguments(func, args, kwargs, name, f"{name}[{index}]")
+        except TaskPicklingError as exc:
+            bad[index] = exc
+    return bad

@@ -134,3 +134,53 @@ def test_first_final_failure_cancels_the_rest_of_the_packed_map(executor, prefix
     assert failure.index == 2 and failure.job_id
     outcomes = {r.outcome for r in w.result.jobs["work"]}
     assert "cancelled" in outcomes and "error" in outcomes
+
+
+def _exits_at_three(x: int) -> int:
+    if x == 3:
+        raise SystemExit(7)
+    return x
+
+
+@pytest.mark.parametrize("per_job", [1, 5])
+def test_an_items_system_exit_stops_the_map_like_one_item_per_job(executor, prefix, per_job):
+    """``item_errors="return"`` keeps an item's exceptions, not its ``SystemExit``: that stops the map, is not
+    retried and reaches the caller, packed or not (as for local tasks)."""
+    executor(items_per_job=per_job)
+    with pytest.raises(SystemExit) as caught:
+        with weave() as w:
+            @w.do(range(10), environment="slurm", item_errors="return", retries=1)
+            def work(x):
+                return _exits_at_three(x)
+    assert caught.value.code == 7
+    records = [r for r in w.result.jobs["work"] if r.map_index == 3]
+    assert len(records) == 1, [(r.attempt, r.state) for r in records]   # not retried
+
+
+def test_an_item_whose_argument_cannot_be_pickled_fails_alone(executor, prefix):
+    """One lock among ten items packed five to a job: that item fails with a ``TaskPicklingError`` naming it
+    and its argument; the other four of its element still run (as a new element), the other element too."""
+    import threading
+
+    from wove.errors import TaskPicklingError
+
+    executor(items_per_job=5)
+    items: list = list(range(10))
+    items[7] = threading.Lock()
+    with weave() as w:
+        @w.do(items, environment="slurm", item_errors="return", retries=2)
+        def work(x):
+            return x * 2
+
+    values = w.result.work
+    assert isinstance(values[7], TaskPicklingError), values[7]
+    assert "item 7" in str(values[7]) and "'x'" in str(values[7]) and "lock" in str(values[7]).lower()
+    assert [values[i] for i in range(10) if i != 7] == [i * 2 for i in range(10) if i != 7]
+    attempts = [r for r in w.result.jobs["work"] if r.map_index == 7]
+    assert len(attempts) == 1 and attempts[0].state == "FAILED"   # not retried: it would fail the same way
+
+    with pytest.raises(TaskPicklingError, match="item 7"):
+        with weave() as w:
+            @w.do(items, environment="slurm")
+            def again(x):
+                return x * 2
