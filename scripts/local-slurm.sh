@@ -480,8 +480,9 @@ KillWait=5
 MessageTimeout=10
 InactiveLimit=0
 Waittime=0
-# Batch jobs may be requeued (scontrol requeue of a running job; node failure); preemption,
-# should a higher-priority partition ever be added, requeues rather than cancels.
+# Batch jobs may be requeued (scontrol requeue of a running job; node failure). A job in the
+# "urgent" partition (PriorityTier 10, same nodes, never the default) preempts the default
+# partition's jobs: requeued, or cancelled (state PREEMPTED) if submitted with --no-requeue.
 JobRequeue=1
 PreemptType=preempt/partition_prio
 PreemptMode=REQUEUE
@@ -495,7 +496,8 @@ SlurmdParameters=config_overrides
 # A node that stops answering is marked down after SlurmdTimeout (its batch jobs requeued or failed).
 SlurmdTimeout=10
 $(node_lines)
-PartitionName=$PARTITION Nodes=$NODE Default=YES MaxTime=INFINITE State=UP
+PartitionName=$PARTITION Nodes=$NODE Default=YES MaxTime=INFINITE State=UP PriorityTier=1
+PartitionName=urgent Nodes=$NODE Default=NO MaxTime=INFINITE State=UP PriorityTier=10
 EOF
     mv -f "$tmp" "$CONF"
 

@@ -195,6 +195,49 @@ def test_a_lost_node_moves_the_task_to_another_node_without_using_a_retry(execut
     assert second.state == "COMPLETED" and second.node == w.result.where
 
 
+def _has_partition(name: str) -> bool:
+    out = subprocess.run(["sinfo", "-h", "-o", "%R"], capture_output=True, text=True).stdout
+    return name in out.split()
+
+
+def test_a_preempted_task_is_submitted_again_without_using_a_retry(executor, prefix, tmp_path):
+    """A job of the higher-priority ``urgent`` partition takes every node; the task's job (``--no-requeue``, so
+    Slurm cancels it: ``PREEMPTED``) is submitted again by wove with ``retries=0`` and finishes afterwards."""
+    if not _has_partition("urgent"):
+        pytest.skip("the running cluster predates its 'urgent' partition: scripts/local-slurm.sh restart")
+    executor(sbatch_args=["--no-requeue"])
+    flag = tmp_path / "first"
+    urgent: dict[str, str] = {}
+
+    def preempt():
+        wait_until(lambda: flag.exists(), timeout=60)
+        urgent["job"] = subprocess.run(
+            ["sbatch", "--parsable", "-p", "urgent", "--exclusive", f"-N{len(_nodes())}", "--mem=100M",
+             f"--job-name={prefix}u", "--output=/dev/null", "--wrap", "sleep 3"],
+            capture_output=True, text=True, check=True).stdout.strip()
+
+    thread = threading.Thread(target=preempt)
+    thread.start()
+    try:
+        with weave() as w:
+            @w.do(environment="slurm", retries=0)
+            def work():
+                import time as clock
+
+                if not flag.exists():
+                    flag.write_text(os.environ["SLURM_JOB_ID"])
+                    clock.sleep(120)   # cut short by the urgent job
+                return "done"
+    finally:
+        thread.join()
+
+    assert w.result.work == "done"
+    first, second = w.result.jobs["work"]
+    assert first.state == "PREEMPTED", first
+    assert second.state == "COMPLETED" and second.job_id != first.job_id
+    assert urgent.get("job")
+
+
 def test_a_time_limit_is_retried_with_time_retry_factor_and_succeeds_on_the_second_size(executor, prefix):
     """95 s of work under ``time="1"``: the first job hits its limit (TIMEOUT), the retry asks for 2 minutes
     (``time_retry_factor=2``) and completes."""
