@@ -95,16 +95,25 @@ def test_a_time_limit_warning_checkpoints_and_the_second_job_finishes(executor, 
     assert time.monotonic() - started < 180
 
 
-def test_scontrol_requeue_resumes_from_the_last_saved_state(executor, prefix, tmp_path):
-    """Slurm requeues the running job (as for a preemption); the requeued job starts from what the task last
-    saved with ``checkpoint(state, stop=False)``, in the same weave, as the same job id."""
+@pytest.mark.parametrize("how", ["scontrol", "preemption"])
+def test_a_requeued_job_resumes_from_the_last_saved_state(executor, prefix, tmp_path, how):
+    """Slurm requeues the running job (``scontrol requeue``, or preempted by a job of the ``urgent``
+    partition); the requeued job starts from what the task last saved with ``checkpoint(state, stop=False)``,
+    in the same weave, as the same job id."""
+    if how == "preemption" and not _has_partition("urgent"):
+        pytest.skip("the running cluster predates its 'urgent' partition: scripts/local-slurm.sh restart")
     executor()
     flag = tmp_path / "job"
 
     def requeue_when_saved():
         wait_until(lambda: flag.exists() and flag.read_text().count(",") >= 4, timeout=60)
         job_id = flag.read_text().split(",")[0]
-        subprocess.run(["scontrol", "requeue", job_id], check=True)
+        if how == "scontrol":
+            subprocess.run(["scontrol", "requeue", job_id], check=True)
+        else:
+            subprocess.run(["sbatch", "--parsable", "-p", "urgent", "--exclusive", f"-N{len(_nodes())}",
+                            "--mem=100M", f"--job-name={prefix}u", "--output=/dev/null", "--wrap", "sleep 2"],
+                           check=True, capture_output=True)
 
     thread = threading.Thread(target=requeue_when_saved)
     thread.start()
