@@ -20,6 +20,8 @@ from .errors import CheckpointRequested, RequeueLimitError, WoveError
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from ._scheduler import Runtime
+    from .executors.records import RunRecord
+    from .journal.store import Entry
 
 
 class TaskTimeoutError(WoveError, asyncio.TimeoutError):
@@ -37,14 +39,14 @@ class RemoteCall:
     settings: dict[str, Any]
     map_index: Optional[int] = None
     attempt: int = 0
-    records: Optional[list[Any]] = field(default_factory=list)
+    records: Optional[list[RunRecord]] = field(default_factory=list)
     resources: Optional[dict[str, Any]] = None
     group: Optional[str] = None  # calls with the same group that become ready together may share a job
     journal_key: Optional[str] = None   # in a journaled weave: recorded as submitted once its job is known
     #: A packed element (``wove._packed``): every item's ``(args, kwargs)``, its record made by the caller,
     #: and the callback that takes each ``items_done`` / final ``task_result`` outcome list.
     batch: Optional[Collection[tuple[tuple[Any, ...], dict[str, Any]]]] = None
-    record: Optional[Any] = None
+    record: Optional[RunRecord] = None
     on_items: Optional[Callable[[Any], None]] = None
     restore: Any = None        # a checkpointed call's state, for its next job (``restoring`` says there is one)
     restoring: bool = False
@@ -93,7 +95,7 @@ async def call(runtime: Runtime, name: str, func: Callable[..., Any], is_async: 
     return value
 
 
-def _note_reused(runtime: Runtime, name: str, environment: str, map_index: Optional[int], entry: Any) -> None:
+def _note_reused(runtime: Runtime, name: str, environment: str, map_index: Optional[int], entry: Entry) -> None:
     """A call read back from the journal shows in ``w.result.jobs`` with state ``JOURNALED``."""
     from .executors.records import RunRecord
 

@@ -29,6 +29,8 @@ from ._result import WoveResult
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from .executors.base import EnvironmentExecutor
+    from .executors.runtime import RemoteEnvironment
     from .journal.session import JournalSession
 
 _current_runtime: contextvars.ContextVar[Optional[Runtime]] = contextvars.ContextVar(
@@ -64,7 +66,7 @@ class Runtime:
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
         self._pool: Optional[ThreadPoolExecutor] = None
         self._merge_pool: Optional[ThreadPoolExecutor] = None
-        self._environments: dict[str, asyncio.Future[Any]] = {}
+        self._environments: dict[str, asyncio.Future[Optional[RemoteEnvironment] | object]] = {}
         self._settings_cache: dict[tuple[str, bool], dict[str, Any]] = {}
         self._local: dict[str, bool] = {}
         self._plain_direct: Optional[bool] = None   # plain tasks (no options) call their function directly
@@ -102,7 +104,7 @@ class Runtime:
             self._merge_pool = self._new_pool("wove-merge")
         return self._merge_pool
 
-    async def environment(self, name: str) -> Any:
+    async def environment(self, name: str) -> Optional[RemoteEnvironment]:
         """The started remote environment ``name``, or ``None`` when it runs tasks in this process.
 
         The first task to need it starts it; the others wait for that start. A start that fails is that
@@ -115,9 +117,9 @@ class Runtime:
                 return await self._start_environment(name)
             value = await asyncio.shield(future) if not future.done() else future.result()
             if value is not _RESTART:
-                return value
+                return value  # type: ignore[return-value]   # (the only other value is an environment)
 
-    async def _start_environment(self, name: str) -> Any:
+    async def _start_environment(self, name: str) -> Optional[RemoteEnvironment]:
         spec = self.resolver.environments[name]
         if _is_local(spec["executor"]):
             return None
@@ -365,8 +367,11 @@ class Runtime:
         for future in list(self._environments.values()):
             if not future.done() or future.cancelled() or future.exception() is not None:
                 continue
+            environment = future.result()
+            if environment is _RESTART or environment is None:
+                continue
             try:
-                await future.result().aclose()
+                await environment.aclose()  # type: ignore[attr-defined]
             except Exception as exc:  # keep closing the others
                 errors.append(exc)
         self._environments.clear()
@@ -381,7 +386,7 @@ def _failed_future(loop: asyncio.AbstractEventLoop, exc: BaseException) -> async
     return future
 
 
-def _is_local(executor: Any) -> bool:
+def _is_local(executor: str | EnvironmentExecutor) -> bool:
     if isinstance(executor, str):
         return executor == "local"
     from .executors.local import LocalExecutor

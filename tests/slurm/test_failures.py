@@ -156,7 +156,8 @@ def test_pending_with_queue_timeout_names_the_reason(slurm_env, prefix):
 
 
 def test_pending_for_resources_is_visible_while_waiting(slurm_env, prefix, tmp_path):
-    nodes = len(subprocess.run(["sinfo", "-h", "-N", "-o", "%N"], capture_output=True, text=True).stdout.split())
+    # (a node is listed once per partition it is in: count names, not lines)
+    nodes = len(set(subprocess.run(["sinfo", "-h", "-N", "-o", "%N"], capture_output=True, text=True).stdout.split()))
     # Every node, exclusively: nothing else can start until it ends.
     blocker = subprocess.run(["sbatch", "--parsable", f"--job-name={prefix}-blocker", "--mem=50M", "--exclusive",
                               f"--nodes={nodes}", "--output=/dev/null", "--wrap", "sleep 120"],

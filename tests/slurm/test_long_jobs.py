@@ -195,8 +195,10 @@ def test_a_lost_node_moves_the_task_to_another_node_without_using_a_retry(execut
         thread.join()
         if killed.get("node"):
             subprocess.run([SCRIPT, "start-node", killed["node"]], capture_output=True)
-            wait_until(lambda: subprocess.run(["sinfo", "-h", "-n", killed["node"], "-o", "%T"], capture_output=True,
-                                              text=True).stdout.strip() in ("idle", "mixed", "allocated"), 60)
+            back = wait_until(lambda: subprocess.run(  # (one line per partition the node is in)
+                ["sinfo", "-h", "-n", killed["node"], "-o", "%T"], capture_output=True,
+                text=True).stdout.split()[:1] in (["idle"], ["mixed"], ["allocated"]), 60)
+            assert back, f"node {killed['node']} did not come back after start-node"
 
     assert w.result.where != killed["node"]
     first, second = w.result.jobs["where"]

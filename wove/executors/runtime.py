@@ -70,7 +70,7 @@ class _Run:
         self.acked: Optional[asyncio.Future[None]] = None
 
 
-def make_executor(executor: Any) -> EnvironmentExecutor:
+def make_executor(executor: str | EnvironmentExecutor) -> EnvironmentExecutor:
     if isinstance(executor, str):
         return _config.executor_class(executor)()
     return executor
