@@ -13,6 +13,7 @@ import os
 import pickle
 import sys
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, BinaryIO, Optional
 
 from .dispatch.worker import (
@@ -32,6 +33,9 @@ class StdioWorker:
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
         self.finished: asyncio.Event = None  # type: ignore[assignment]  # made in main(): 3.9 binds it to a loop
         self.reader: Optional[threading.Thread] = None
+        # Sync tasks run here; at shutdown a thread still in a cancelled task cannot be stopped, and the
+        # default executor's (or the interpreter's) join would hold the process until the task returns.
+        self.pool = ThreadPoolExecutor(thread_name_prefix="wove-stdio-task")
 
     def emit(self, frame: dict[str, Any]) -> None:
         self.out.write(json.dumps(frame, separators=(",", ":")).encode() + b"\n")
@@ -87,7 +91,7 @@ class StdioWorker:
                 if asyncio.iscoroutinefunction(func):
                     value = await func(*args, **kwargs)
                 else:
-                    value = await self.loop.run_in_executor(None, lambda: func(*args, **kwargs))
+                    value = await self.loop.run_in_executor(self.pool, lambda: func(*args, **kwargs))
                     if hasattr(value, "__await__"):
                         value = await value
             except asyncio.CancelledError:
@@ -122,6 +126,7 @@ class StdioWorker:
             task.cancel()
         if self.tasks:
             await asyncio.gather(*self.tasks.values(), return_exceptions=True)
+        self.pool.shutdown(wait=False, cancel_futures=True)
 
 
 def main() -> int:
@@ -137,9 +142,11 @@ def main() -> int:
     # acquire lock"): wait for it, and if input never ends, leave without finalizing.
     if worker.reader is not None:
         worker.reader.join(2.0)
-        if worker.reader.is_alive():
-            sys.stderr.flush()
-            os._exit(0)
+    busy = any(t.name.startswith("wove-stdio-task") and t.is_alive() for t in threading.enumerate())
+    if busy or (worker.reader is not None and worker.reader.is_alive()):
+        # (a cancelled sync task still running in its thread: its run was reported cancelled, so go now)
+        sys.stderr.flush()
+        os._exit(0)
     return 0
 
 

@@ -213,6 +213,21 @@ def test_task_timeout_cancels_the_remote_run(tmp_path):
     assert executor.sent_types(run_id) == ["run_task", "cancel_task"]
 
 
+def test_a_cancelled_sync_task_does_not_hold_the_worker_at_shutdown():
+    """A sync task cannot be interrupted in its thread; once its run is cancelled, the worker still exits at
+    shutdown at once (it waited for the thread, and the weave killed it after 5 s)."""
+    use_stdio()
+    started = time.monotonic()
+    with weave(error_mode="return") as w:
+        @w.do(environment="io", timeout=0.5)
+        def stuck():
+            time.sleep(30)
+
+    elapsed = time.monotonic() - started
+    assert isinstance(w.result.stuck, asyncio.TimeoutError)
+    assert elapsed < 4.0, f"the weave took {elapsed:.1f} s to close its worker"
+
+
 def test_heartbeats_keep_a_long_task_alive():
     executor = use_stdio(delivery_heartbeat_seconds=0.3)
     with weave() as w:
