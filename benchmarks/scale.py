@@ -98,7 +98,8 @@ def main() -> int:
     if subprocess.run(["sinfo", "-h"], capture_output=True).returncode != 0:
         print("no Slurm cluster: run scripts/local-slurm.sh start", file=sys.stderr)
         return 2
-    cpus = subprocess.run(["sinfo", "-h", "-o", "%c"], capture_output=True, text=True).stdout.strip()
+    # (one line per partition: the first)
+    cpus = (subprocess.run(["sinfo", "-h", "-o", "%c"], capture_output=True, text=True).stdout.split() or ["?"])[0]
     print(f"local Slurm, {cpus} CPUs advertised on {os.cpu_count()} real cores; python {sys.version.split()[0]}")
     print(f"{'items':>9} {'per job':>8} {'jobs':>6} {'wall s':>8} {'floor s':>8} {'wall/floor':>10} "
           f"{'CPU us/item':>12} {'peak RSS MB':>12} {'results MB':>11}")

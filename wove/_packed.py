@@ -325,7 +325,7 @@ class _Map:
             else:
                 settle(item, "cancelled", "CANCELLED", time.time())
                 rest.append(index)
-        if rest:
+        if rest and self.failure is None:   # (item_errors="raise": the map already stopped at the first)
             await self.element(rest, attempt, resources, superseded="cancelled", charged=charged, free=free)
 
     def final(self, index: int, error: BaseException, record: RunRecord) -> None:

@@ -8,16 +8,16 @@ import os
 import sys
 import threading
 
-from wove.dispatch.worker import main
+from wove.dispatch.worker import EXIT_UNDELIVERED, main
 
 
 def _exit(code: int) -> None:
-    """Exit with ``code``; without waiting for item threads of a packed element that still run (it stopped
-    because its outcomes could not be delivered: nobody collects them, and Python would join the threads)."""
+    """Exit with ``code``; when outcomes could not be delivered (exit 2), without waiting for item threads of a
+    packed element that still run: nobody collects their outcomes, and Python would join the threads."""
     running = [t for t in threading.enumerate() if t.name.startswith("wove-item") and t.is_alive()]
-    if running:
-        print(f"wove.backend_worker: stopping with {len(running)} item(s) still running, since their outcomes "
-              "cannot be delivered", file=sys.stderr)
+    if running and code == EXIT_UNDELIVERED:
+        print(f"wove.backend_worker: stopping with {len(running)} item thread(s) still running, since their "
+              "outcomes cannot be delivered", file=sys.stderr)
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)

@@ -62,3 +62,44 @@ def test_a_held_event_holds_back_the_later_events_of_its_run(tmp_path):
     assert first == ["r2:task_result"], first   # another run is not held back
     assert len(left) == 2 and all(name.startswith("r1.") for name in left), left   # both of r1's stay
     assert final == ["r2:task_result", "r1:items_done", "r1:task_result"], final
+
+
+def test_an_event_whose_result_never_appears_is_given_up_after_the_hold_time(tmp_path, monkeypatch):
+    """A spooled result that never shows (deleted, unreadable) holds its run back only for ``HOLD_SECONDS``:
+    then that event is dropped (its items count as lost and retry) and the run's later events go through."""
+    from wove.dispatch import filechannel
+
+    monkeypatch.setattr(filechannel, "HOLD_SECONDS", 0.4)
+    root = tmp_path / "spool"
+    root.mkdir(mode=0o700)
+    run_id, key = "r1", protocol.new_key()
+
+    async def scenario() -> tuple[list[str], list[str]]:
+        top = RunDir.open_root(str(root))
+        events = top.make_private("events")
+        gate = EventGate(str(root))
+        gate.register(run_id, key)
+        frames: list[dict] = []
+        sender = EventSender({"run_id": run_id, "task_id": "t", "signing": {"key": key},
+                              "result_channel": "filesystem", "events_dir": events.path})
+        ref = {"path": os.path.join(str(root), "never.result"), "sha256": "0" * 64, "size": 3}
+        assert sender.send("items_done", {"result_ref": ref, "ok": True})
+        assert sender.send("task_result", {"result_pickle": protocol.b64encode(b"\x80\x04K\x07."), "ok": True})
+        channel = FileChannel(events, gate, frames.append, poll_seconds=0.05)
+        channel.start()
+        try:
+            await asyncio.sleep(0.2)
+            early = [f["type"] for f in frames]
+            for _ in range(60):
+                await asyncio.sleep(0.05)
+                if frames:
+                    break
+            return early, [f["type"] for f in frames]
+        finally:
+            await channel.stop()
+            events.close()
+            top.close()
+
+    early, final = asyncio.run(scenario())
+    assert early == []   # held, with the later event behind it
+    assert final == ["task_result"], final   # the held one given up, the later one applied

@@ -126,4 +126,4 @@ def test_an_undeliverable_flush_ends_the_job_without_waiting_for_running_items(r
             proc.communicate()
     assert proc.returncode == 2, err   # EXIT_UNDELIVERED
     assert time.monotonic() - started < 20, "the job waited for its stuck items"
-    assert "2 item(s) still running" in err, err
+    assert "2 item thread(s) still running" in err, err

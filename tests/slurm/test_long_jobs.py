@@ -111,9 +111,9 @@ def test_a_requeued_job_resumes_from_the_last_saved_state(executor, prefix, tmp_
         if how == "scontrol":
             subprocess.run(["scontrol", "requeue", job_id], check=True)
         else:
-            subprocess.run(["sbatch", "--parsable", "-p", "urgent", "--exclusive", f"-N{len(_nodes())}",
-                            "--mem=100M", f"--job-name={prefix}u", "--output=/dev/null", "--wrap", "sleep 2"],
-                           check=True, capture_output=True)
+            node = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%N"], capture_output=True, text=True,
+                                  check=True).stdout.strip()
+            _preempt(node, prefix, 2)
 
     thread = threading.Thread(target=requeue_when_saved)
     thread.start()
@@ -134,6 +134,7 @@ def test_a_requeued_job_resumes_from_the_last_saved_state(executor, prefix, tmp_
                 return start, int(os.environ.get("SLURM_RESTART_COUNT") or 0)
     finally:
         thread.join()
+        subprocess.run(["scancel", f"--name={prefix}u"], capture_output=True)
 
     start, restarts = w.result.steps
     assert restarts == 1 and start >= 4   # resumed, not started over
@@ -211,8 +212,15 @@ def _has_partition(name: str) -> bool:
     return name in out.split()
 
 
+def _preempt(node: str, prefix: str, seconds: int) -> str:
+    """Submit a job of the ``urgent`` partition that needs all of ``node``: it preempts what runs there."""
+    return subprocess.run(["sbatch", "--parsable", "-p", "urgent", "--exclusive", "-N1", f"--nodelist={node}",
+                           "--mem=100M", f"--job-name={prefix}u", "--output=/dev/null", "--wrap", f"sleep {seconds}"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+
+
 def test_a_preempted_task_is_submitted_again_without_using_a_retry(executor, prefix, tmp_path):
-    """A job of the higher-priority ``urgent`` partition takes every node; the task's job (``--no-requeue``, so
+    """A job of the higher-priority ``urgent`` partition takes the task's node; the task's job (``--no-requeue``, so
     Slurm cancels it: ``PREEMPTED``) is submitted again by wove with ``retries=0`` and finishes afterwards."""
     if not _has_partition("urgent"):
         pytest.skip("the running cluster predates its 'urgent' partition: scripts/local-slurm.sh restart")
@@ -221,11 +229,8 @@ def test_a_preempted_task_is_submitted_again_without_using_a_retry(executor, pre
     urgent: dict[str, str] = {}
 
     def preempt():
-        wait_until(lambda: flag.exists(), timeout=60)
-        urgent["job"] = subprocess.run(
-            ["sbatch", "--parsable", "-p", "urgent", "--exclusive", f"-N{len(_nodes())}", "--mem=100M",
-             f"--job-name={prefix}u", "--output=/dev/null", "--wrap", "sleep 3"],
-            capture_output=True, text=True, check=True).stdout.strip()
+        if wait_until(lambda: flag.exists() and flag.read_text(), timeout=60):
+            urgent["job"] = _preempt(flag.read_text(), prefix, 3)
 
     thread = threading.Thread(target=preempt)
     thread.start()
@@ -236,17 +241,18 @@ def test_a_preempted_task_is_submitted_again_without_using_a_retry(executor, pre
                 import time as clock
 
                 if not flag.exists():
-                    flag.write_text(os.environ["SLURM_JOB_ID"])
+                    flag.write_text(os.environ["SLURMD_NODENAME"])
                     clock.sleep(120)   # cut short by the urgent job
                 return "done"
     finally:
         thread.join()
+        subprocess.run(["scancel", f"--name={prefix}u"], capture_output=True)
 
     assert w.result.work == "done"
     first, second = w.result.jobs["work"]
     assert first.state == "PREEMPTED", first
     assert second.state == "COMPLETED" and second.job_id != first.job_id
-    assert urgent.get("job")
+    assert urgent.get("job") and first.node == flag.read_text()
 
 
 def test_a_time_limit_is_retried_with_time_retry_factor_and_succeeds_on_the_second_size(executor, prefix):

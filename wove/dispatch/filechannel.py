@@ -15,6 +15,7 @@ import concurrent.futures
 import hashlib
 import json
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
@@ -26,6 +27,9 @@ log = logging.getLogger("wove.dispatch")
 POLL_SECONDS = 0.1
 FALLBACK_POLL_SECONDS = 1.0   # the HTTP channel's fallback files: only there when HTTP failed
 OFFLOAD_BYTES = 256 * 1024
+#: An event whose spooled result stays unreadable this long is given up (its items fail or retry as lost), so
+#: one missing file cannot hold back its run's later events for ever.
+HOLD_SECONDS = 60.0
 
 
 @dataclass
@@ -54,6 +58,7 @@ class FileChannel:
         self.keep_unknown = keep_unknown
         self._task: Optional[asyncio.Task[None]] = None
         self._thread: Optional[concurrent.futures.ThreadPoolExecutor] = None
+        self._held: dict[str, float] = {}   # file name -> when it was first found unreadable
 
     def start(self) -> None:
         self._thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="wove-files")
@@ -138,9 +143,15 @@ class FileChannel:
                     frame = gate.unpack(frame)
             except OSError:
                 gate.count_rejection(UNAVAILABLE)
-                return False   # not readable yet: the file stays for the next round
+                first = self._held.setdefault(name, time.monotonic())
+                if time.monotonic() - first < HOLD_SECONDS:
+                    return False   # not readable yet: the file stays for the next round
+                log.warning("wove: gave up on event file %s: its spooled result stayed unreadable for %.0f s",
+                            name, HOLD_SECONDS)
+                frame = None
             except (ValueError, TypeError):
                 frame = None
+            self._held.pop(name, None)
             gate.commit(run_id, incarnation, seq)
         self.events.remove(name)
         if frame is not None:
