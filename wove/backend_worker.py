@@ -14,8 +14,12 @@ from wove.dispatch.worker import EXIT_UNDELIVERED, main
 def _exit(code: int) -> None:
     """Exit with ``code``; when outcomes could not be delivered (exit 2), without waiting for item threads of a
     packed element that still run: nobody collects their outcomes, and Python would join the threads."""
-    running = [t for t in threading.enumerate() if t.name.startswith("wove-item") and t.is_alive()]
-    if running and code == EXIT_UNDELIVERED:
+    running = []
+    if code == EXIT_UNDELIVERED:
+        from wove.dispatch.batch import ITEM_THREADS
+
+        running = [t for t in threading.enumerate() if t.name.startswith(ITEM_THREADS) and t.is_alive()]
+    if running:
         print(f"wove.backend_worker: stopping with {len(running)} item thread(s) still running, since their "
               "outcomes cannot be delivered", file=sys.stderr)
         sys.stdout.flush()

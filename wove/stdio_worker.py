@@ -25,6 +25,8 @@ from .dispatch.worker import (
     version_mismatch,
 )
 
+_TASK_THREADS = "wove-stdio-task"   # the threads of sync tasks; main() does not wait for them
+
 
 class StdioWorker:
     def __init__(self, out: BinaryIO):
@@ -35,7 +37,7 @@ class StdioWorker:
         self.reader: Optional[threading.Thread] = None
         # Sync tasks run here; at shutdown a thread still in a cancelled task cannot be stopped, and the
         # default executor's (or the interpreter's) join would hold the process until the task returns.
-        self.pool = ThreadPoolExecutor(thread_name_prefix="wove-stdio-task")
+        self.pool = ThreadPoolExecutor(thread_name_prefix=_TASK_THREADS)
 
     def emit(self, frame: dict[str, Any]) -> None:
         self.out.write(json.dumps(frame, separators=(",", ":")).encode() + b"\n")
@@ -142,7 +144,7 @@ def main() -> int:
     # acquire lock"): wait for it, and if input never ends, leave without finalizing.
     if worker.reader is not None:
         worker.reader.join(2.0)
-    busy = any(t.name.startswith("wove-stdio-task") and t.is_alive() for t in threading.enumerate())
+    busy = any(t.name.startswith(_TASK_THREADS) and t.is_alive() for t in threading.enumerate())
     if busy or (worker.reader is not None and worker.reader.is_alive()):
         # (a cancelled sync task still running in its thread: its run was reported cancelled, so go now)
         sys.stderr.flush()

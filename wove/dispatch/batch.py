@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 FLUSH_SECONDS = 1.0
 FLUSH_BYTES = 64 * 1024 * 1024   # ... or sooner once this much result data waits (memory, one spool file)
 EVENT = "items_done"
+ITEM_THREADS = "wove-item"   # name prefix of the threads that run items (``backend_worker`` looks for them)
 
 
 def run(func: Callable[..., Any], calls: list[tuple[tuple[Any, ...], dict[str, Any]]], sender: EventSender,
@@ -145,7 +146,7 @@ def _run_parallel(func: Callable[..., Any], calls: list[tuple[tuple[Any, ...], d
 
     from .worker import WorkerSignal
 
-    pool = ThreadPoolExecutor(parallel, thread_name_prefix="wove-item")
+    pool = ThreadPoolExecutor(parallel, thread_name_prefix=ITEM_THREADS)
     futures = {pool.submit(_one, func, args, kwargs, error_fields, unpicklable): position
                for position, (args, kwargs) in enumerate(calls)}
     outcomes: list[tuple[int, bool, Any]] = []
